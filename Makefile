@@ -1,0 +1,55 @@
+# Every target creates .venv when it is missing and installs the project into it.
+# torch is installed first and pinned so that pip never swaps in a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,web,onnx,gradio,notebooks
+
+.PHONY: help venv train test lint format serve notebooks benchmarks clean
+
+help:
+	@echo "make train       train the default model on the bundled MNIST (models/, reports/)"
+	@echo "make test        lint and run the whole test suite"
+	@echo "make serve       start the web app on the shipped model (http://127.0.0.1:5000)"
+	@echo "make lint        ruff check + ruff format --check"
+	@echo "make format      ruff format + ruff check --fix"
+	@echo "make notebooks   regenerate notebooks/ from the package sources"
+	@echo "make benchmarks  run every benchmark in benchmarks/ and print their tables"
+	@echo "make clean       remove the venv, caches and training checkpoints"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" "$(TORCH)"
+	touch $@
+
+venv: $(BIN)/.installed
+
+train: venv
+	$(BIN)/mnist-cnn train
+
+test: venv lint
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+serve: venv
+	$(BIN)/mnist-cnn serve
+
+notebooks: venv
+	$(BIN)/python tools/build_notebooks.py
+
+benchmarks: venv
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info models/*.ckpt
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

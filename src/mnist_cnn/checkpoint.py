@@ -1,0 +1,167 @@
+"""Saving and loading models: weights in a plain state_dict, metadata in JSON beside them.
+
+``models/mnist_cnn_model.pth`` holds nothing but the state_dict, exactly what the seed
+saved, so ``MNISTCNN().load_state_dict(torch.load(path, map_location="cpu"))`` keeps
+working wherever the file was trained. ``models/mnist_cnn_model.json`` says what the
+weights are: architecture, input normalisation, metrics, dataset hash, training config.
+
+``load_model`` is the one way the CLI, the web app, the notebooks and the Gradio app load a
+model. It never unpickles arbitrary objects (``weights_only=True``), and every failure is a
+``CheckpointError`` that names the file, what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnist_cnn import atomic
+from mnist_cnn.model import ARCHITECTURES, MNIST_MEAN, MNIST_STD, build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The model committed to the repository, trained by `mnist-cnn train` with default settings.
+SHIPPED_MODEL = REPO_ROOT / "models" / "mnist_cnn_model.pth"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable, unsafe or does not fit the architecture."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference (eval mode, on ``device``) and what is known about it."""
+
+    model: nn.Module
+    path: Path
+    architecture: str
+    mean: float
+    std: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def metadata_path(weights_path: str | Path) -> Path:
+    """The JSON file that sits beside a weights file."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_model(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> None:
+    """Write the state_dict to ``path`` and ``metadata`` (plus the weights' hash) beside it.
+
+    Both writes are atomic. Tensors are saved contiguous and on the CPU, so the file loads
+    anywhere, channels-last training or GPU notwithstanding.
+    """
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic.write_with(path, lambda f: torch.save(state, f))
+    atomic.write_json(metadata_path(path), {**metadata, "weights_sha256": file_sha256(path)})
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    fix = "Retrain with `mnist-cnn train` or restore the file with `git checkout -- models/`."
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found. {fix}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty. {fix}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any pickle that would import or call something: that is the
+        # safety net against checkpoints that run code when loaded.
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds objects other than tensors, which could "
+            f"run code when unpickled ({str(exc).splitlines()[0]}). Only load checkpoints you "
+            f"trust, saved as a plain state_dict."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint; the file is truncated or corrupt "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). {fix}"
+        ) from exc
+    # A full training checkpoint (from --resume) carries the weights under "model".
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path}: expected a state_dict (a mapping of names to tensors), found "
+            f"{type(obj).__name__}. {fix}"
+        )
+    # Weights saved from nn.DataParallel or torch.compile carry a prefix on every key.
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return obj
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    meta_path = metadata_path(path)
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{meta_path}: the metadata beside {path.name} is not valid JSON ({exc}). "
+            f"Delete it to load the weights as a plain seed-format model, or retrain."
+        ) from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}.")
+    return meta
+
+
+def _infer_architecture(state: dict[str, torch.Tensor]) -> str:
+    for name, cls in ARCHITECTURES.items():
+        if set(state) == set(cls().state_dict()):
+            return name
+    return "MNISTCNN"  # the seed format; the mismatch is reported when loading
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load weights (and their JSON metadata, when present) into the right architecture.
+
+    ``path`` defaults to the shipped model. A plain seed-style state_dict without metadata
+    loads as ``MNISTCNN`` with the standard MNIST normalisation. Raises ``CheckpointError``.
+    """
+    path = Path(path) if path is not None else SHIPPED_MODEL
+    state = _read_state_dict(path)
+    meta = _read_metadata(path)
+    architecture = meta.get("architecture") or _infer_architecture(state)
+    try:
+        model = build_model(architecture)
+    except ValueError as exc:
+        raise CheckpointError(f"{metadata_path(path)}: {exc}") from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        missing = sorted(set(model.state_dict()) - set(state))
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        detail = (
+            f"missing keys {missing[:6]}, unexpected keys {unexpected[:6]}"
+            if missing or unexpected
+            else str(exc).splitlines()[-1].strip()
+        )
+        raise CheckpointError(
+            f"{path}: these weights do not fit the {architecture} architecture ({detail}). "
+            f"Is this a checkpoint of another model?"
+        ) from exc
+    normalisation = meta.get("input", {})
+    return LoadedModel(
+        model=model.to(device).eval(),
+        path=path,
+        architecture=architecture,
+        mean=float(normalisation.get("mean", MNIST_MEAN)),
+        std=float(normalisation.get("std", MNIST_STD)),
+        metadata=meta,
+    )

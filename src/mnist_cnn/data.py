@@ -1,0 +1,341 @@
+"""MNIST data: reading and verifying IDX files, downloading them, splitting, batching, augmenting.
+
+The whole dataset is small (60,000 + 10,000 images of 28x28 bytes, 55 MB), so it lives in
+memory as tensors and every step of the input pipeline (shuffling, batching, normalising,
+augmenting) is a batched tensor operation. There is no per-sample Python work and no
+DataLoader: on a 2-core CPU that work would cost more than the network itself.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import struct
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mnist_cnn import atomic
+
+# The project ships the data here (relative to the repository root) so that it trains offline.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"
+
+# SHA-256 of the *decompressed* IDX files. The bundled .gz files and the canonical ones from the
+# mirrors have different gzip headers but decompress to these exact bytes.
+FILES: dict[str, str] = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+# MD5 of the canonical .gz files, as published by the mirrors.
+CANONICAL_GZ_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+SPLITS: dict[str, tuple[str, str, int]] = {
+    # split: (images file, labels file, number of examples)
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),
+}
+
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+
+
+class DatasetError(Exception):
+    """A dataset file is missing, truncated, corrupt or not the expected one."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def locate(data_dir: str | Path, name: str) -> Path:
+    """Return the path of IDX file ``name`` in ``data_dir``, gzipped or not."""
+    data_dir = Path(data_dir)
+    for candidate in (data_dir / f"{name}.gz", data_dir / name):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(
+        f"{data_dir / (name + '.gz')}: file not found. The repository ships MNIST in data/mnist/; "
+        f"restore it with `git checkout -- data/mnist` or fetch it with `mnist-cnn download`."
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":  # not gzip: a plain IDX file
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise DatasetError(
+            f"{path}: the gzip stream is corrupt or truncated ({exc}). "
+            f"Restore it with `git checkout -- {path.name}` or fetch it again with "
+            f"`mnist-cnn download`."
+        ) from exc
+
+
+def read_idx(path: str | Path, expected_sha256: str | None = None) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzipped or not) into a NumPy array.
+
+    Checks the magic number, that the data length matches the header's dimensions and, when
+    ``expected_sha256`` is given, the SHA-256 of the decompressed bytes. Raises ``DatasetError``
+    naming the file, what was expected and how to fix it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found. Fetch MNIST with `mnist-cnn download`.")
+    data = _read_bytes(path)
+    fix = "Restore the bundled copy (`git checkout -- data/mnist`) or run `mnist-cnn download`."
+    if len(data) < 8:
+        raise DatasetError(f"{path}: {len(data)} bytes is too short for an IDX header. {fix}")
+    magic = struct.unpack(">I", data[:4])[0]
+    if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
+        raise DatasetError(
+            f"{path}: magic number 0x{magic:08x} is not an IDX file of unsigned bytes "
+            f"(expected 0x{IDX_IMAGES_MAGIC:08x} for images or 0x{IDX_LABELS_MAGIC:08x} for "
+            f"labels). {fix}"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path}: truncated header ({len(data)} bytes). {fix}")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected_len = header + math.prod(shape)
+    if len(data) != expected_len:
+        raise DatasetError(
+            f"{path}: {len(data)} bytes but the header promises {expected_len} "
+            f"(shape {tuple(shape)}); the file is truncated or padded. {fix}"
+        )
+    if expected_sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected_sha256:
+            raise DatasetError(
+                f"{path}: SHA-256 of the decompressed data is {digest}, expected "
+                f"{expected_sha256}. The file is corrupt or is not the MNIST release. {fix}"
+            )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as uint8 (N, 28, 28) and labels as int64 (N,), both on the CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        """The examples at ``index``."""
+        return Split(self.images[index], self.labels[index])
+
+
+def load_split(split: str, data_dir: str | Path = DEFAULT_DATA_DIR, verify: bool = True) -> Split:
+    """Load the ``"train"`` or ``"test"`` split, verified against the known SHA-256 sums."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
+    images_name, labels_name, count = SPLITS[split]
+    images = read_idx(locate(data_dir, images_name), FILES[images_name] if verify else None)
+    labels = read_idx(locate(data_dir, labels_name), FILES[labels_name] if verify else None)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1:
+        raise DatasetError(
+            f"{data_dir}: expected images of shape (N, 28, 28) and labels of shape (N,), "
+            f"got {images.shape} and {labels.shape}."
+        )
+    if len(images) != len(labels) or (verify and len(labels) != count):
+        raise DatasetError(
+            f"{data_dir}: {len(images)} images and {len(labels)} labels for the {split} split "
+            f"(expected {count} of each)."
+        )
+    # np.frombuffer gives a read-only view; copy once into tensors we own.
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+
+
+def dataset_sha256() -> str:
+    """One SHA-256 identifying the dataset: the hash of the four files' verified hashes.
+
+    ``load_split`` refuses any file whose content differs, so this identifies the data a
+    model was trained and tested on.
+    """
+    joined = "\n".join(f"{FILES[name]}  {name}" for name in sorted(FILES))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def download(
+    data_dir: str | Path,
+    mirrors: tuple[str, ...] = MIRRORS,
+    timeout: float = 30.0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Download the four canonical .gz files into ``data_dir``, checking MD5 and SHA-256.
+
+    Files already present and valid are kept. Each file is written atomically, so an
+    interrupted download never leaves a broken file. Raises ``DatasetError`` when no mirror
+    can deliver a file (for example without network); the bundled copy keeps working.
+    """
+    from tqdm import tqdm
+
+    data_dir = Path(data_dir)
+    written = []
+    for name, md5 in CANONICAL_GZ_MD5.items():
+        target = data_dir / f"{name}.gz"
+        try:
+            read_idx(target, FILES[name])
+            log(f"{target}: present and verified")
+            continue
+        except DatasetError:
+            pass
+        errors = []
+        for mirror in mirrors:
+            url = mirror + f"{name}.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    total = int(response.headers.get("Content-Length") or 0) or None
+                    chunks = []
+                    with tqdm(
+                        total=total, unit="B", unit_scale=True, desc=name, disable=not progress
+                    ) as bar:
+                        while chunk := response.read(1 << 16):
+                            chunks.append(chunk)
+                            bar.update(len(chunk))
+                body = b"".join(chunks)
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+                continue
+            if hashlib.md5(body).hexdigest() != md5:
+                errors.append(f"{url}: MD5 mismatch (expected {md5})")
+                continue
+            atomic.write_bytes(target, body)
+            read_idx(target, FILES[name])  # the content check that matters
+            written.append(target)
+            log(f"{target}: downloaded from {mirror}")
+            break
+        else:
+            raise DatasetError(
+                f"could not download {name}.gz from any mirror:\n  "
+                + "\n  ".join(errors)
+                + "\nCheck the network connection; the copy bundled in data/mnist/ needs none."
+            )
+    return written
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def stratified_split(
+    labels: torch.Tensor, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (train, validation) with each class in proportion, reproducibly.
+
+    Each class contributes ``round(val_size * class_share)`` examples (largest remainders
+    settle the rounding), drawn with a generator seeded by ``seed``.
+    """
+    n = len(labels)
+    if not 0 <= val_size < n:
+        raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
+    gen = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * val_size / n
+    take = exact.floor().long()
+    shortfall = val_size - int(take.sum())
+    if shortfall:
+        take[torch.argsort(exact - take, descending=True)[:shortfall]] += 1
+    val_parts = []
+    for cls, k in zip(classes.tolist(), take.tolist(), strict=True):
+        members = torch.nonzero(labels == cls).flatten()
+        val_parts.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    val_idx = torch.cat(val_parts).sort().values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val_idx] = False
+    return torch.nonzero(mask).flatten(), val_idx
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def to_model_input(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) images -> normalised float (N, 1, 28, 28)."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return (images - mean) / std
+
+
+def random_affine(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    max_rotation: float = 10.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    max_translate: float = 0.1,
+) -> torch.Tensor:
+    """Apply one small random affine transform per image, as a single batched operation.
+
+    ``images`` is float (N, 1, H, W) with background 0. Rotation is in degrees, translation a
+    fraction of the image size. The digits stay recognisably what they are; the network
+    learns not to depend on the exact position, size and slant that MNIST's centring gives.
+    """
+    n = images.shape[0]
+    u = torch.rand(n, 4, generator=generator)
+    angle = (u[:, 0] * 2 - 1) * math.radians(max_rotation)
+    s = scale[0] + u[:, 1] * (scale[1] - scale[0])
+    # affine_grid maps output to input coordinates in [-1, 1], so translation t moves by t/2
+    # of the image: a fraction f of the image is 2f.
+    tx = (u[:, 2] * 2 - 1) * max_translate * 2
+    ty = (u[:, 3] * 2 - 1) * max_translate * 2
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack(
+        [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
+    ).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    mean: float,
+    std: float,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    augment: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalised (images, labels) batches from an in-memory split.
+
+    Shuffling (a fresh permutation per call) and augmentation draw from ``generator`` only,
+    so a run is reproducible from its seed and resumable from the generator's saved state.
+    """
+    if (shuffle or augment) and generator is None:
+        raise ValueError("shuffle and augment need a torch.Generator for reproducibility")
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        x = split.images[idx].float().div_(255.0).unsqueeze_(1)
+        if augment:
+            assert generator is not None
+            x = random_affine(x, generator)
+        yield (x - mean) / std, split.labels[idx]
