@@ -75,6 +75,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: checkpoint not found. {fix}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty. {fix}")
+    with path.open("rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive ("PK"); the legacy format is a pickle (protocol byte
+    # 0x80). Anything else is garbage, and must not be reported as an unsafe pickle below.
+    if not head.startswith((b"PK", b"\x80")):
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint; the file is truncated or corrupt "
+            f"(neither torch.save's zip archive nor a pickle). {fix}"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

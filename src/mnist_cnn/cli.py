@@ -168,6 +168,274 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from mnist_cnn.web.server import ServeConfig
+
+    d = ServeConfig()
+    p = sub.add_parser(
+        "serve",
+        help="serve the web app and its JSON API (production server)",
+        description="Serve the web page and the JSON API with waitress: the model is loaded "
+        "once, then forked into worker processes that each run a few request threads and "
+        "one torch thread. 0 workers or threads: sized to this machine's cores.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default=d.host,
+                   help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="worker processes (0: one per core)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="request threads per worker (0: 4)")
+    p.add_argument("--model", default=argparse.SUPPRESS,
+                   help="weights file (.pth) (default: the shipped models/mnist_cnn_model.pth)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default=d.backend,
+                   help="inference backend (onnx needs the onnx extra)")
+    p.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / 1024 / 1024,
+                   help="largest request body accepted, in MB")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.web.server import ServeConfig, ServerError, serve
+
+    # One line per prediction and per start/stop, with the worker's pid.
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # waitress warns on every request that waits for a free thread: normal at full load.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    if args.max_request_mb <= 0:
+        return _fail("--max-request-mb must be positive")
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        model=Path(args.model) if getattr(args, "model", None) else None,
+        backend=args.backend,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+    )
+    try:
+        serve(config)
+    except (CheckpointError, ServerError, ValueError) as exc:
+        return _fail(str(exc))
+    except ModuleNotFoundError as exc:
+        return _fail(f"the web app needs {exc.name}: pip install 'mnist-cnn[web]'")
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a foreground server is stopped
+    print("server stopped", file=sys.stderr)
+    return 0
+
+
+# Files a directory walk picks up; files named on the command line are always tried (they
+# are decoded by content, whatever their name).
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".mpo", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
+     ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    from mnist_cnn.preprocess import MAX_PIXELS
+
+    p = sub.add_parser(
+        "predict",
+        help="classify images of digits (photos, scans, drawings)",
+        description="Print the digit, confidence and top 3 for each image. Directories are "
+        "searched recursively for image files. A file that cannot be read is reported and "
+        "the others are still classified; the exit status is 1 when any file failed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR", help="image files or directories")
+    p.add_argument("--model", default=None,
+                   help="weights (.pth), or a .onnx file with --backend onnx "
+                   "(default: the shipped models/mnist_cnn_model.pth)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="inference backend (onnx needs the onnx extra)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--save-inputs", metavar="DIR", default=None,
+                   help="also write the 28x28 image the model sees for each file as a PNG")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help="refuse images with more pixels (checked before decoding)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+    p.set_defaults(handler=_predict)
+
+
+def _image_files(paths: Sequence[str]) -> list[tuple[Path, Path]]:
+    """(file, its path relative to the argument it came from), in a stable order."""
+    found = []
+    for arg in paths:
+        root = Path(arg)
+        if root.is_dir():
+            files = sorted(
+                f for f in root.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(root).parts)
+            )
+            found += [(f, f.relative_to(root)) for f in files]
+        else:
+            found.append((root, Path(root.name)))
+    return found
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from PIL import Image
+
+    from mnist_cnn import atomic
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.predict import Predictor
+    from mnist_cnn.preprocess import ImageError
+
+    if args.batch_size < 1:
+        return _fail("--batch-size must be at least 1")
+    try:
+        predictor = Predictor.from_checkpoint(
+            args.model, backend=args.backend, threads=args.threads or None,
+            max_pixels=args.max_pixels,
+        )
+    except CheckpointError as exc:
+        return _fail(str(exc))
+    files = _image_files(args.paths)
+    if not files:
+        return _fail(f"no image files found in {', '.join(args.paths)}")
+    out_dir = Path(args.save_inputs) if args.save_inputs else None
+    used: set[Path] = set()
+    results: list[dict] = []
+    failed = 0
+
+    for start in range(0, len(files), args.batch_size):
+        # Records stay in the order of the files; errors are also reported on stderr.
+        records: list[dict] = []
+        batch, inputs = [], []
+        for path, rel in files[start : start + args.batch_size]:
+            try:
+                inputs.append(predictor.prepare(path))
+                batch.append((len(records), path, rel))
+                records.append({"path": str(path)})
+            except (ImageError, OSError) as exc:
+                failed += 1
+                code = exc.code if isinstance(exc, ImageError) else "unreadable_file"
+                message = str(exc) if isinstance(exc, ImageError) else (exc.strerror or str(exc))
+                print(f"mnist-cnn: error: {path}: {message}", file=sys.stderr)
+                records.append({"path": str(path), "error": {"code": code, "message": message}})
+        for (slot, path, rel), prediction in zip(
+            batch, predictor.predict_inputs(inputs), strict=True
+        ):
+            records[slot].update(prediction.to_dict())
+            if out_dir is not None:
+                # a/1.jpg -> DIR/a/1.png, or DIR/a/1.jpg.png when a/1.png took that name.
+                target = out_dir / rel.with_suffix(".png")
+                if target in used:
+                    target = out_dir / rel.with_name(rel.name + ".png")
+                used.add(target)
+                image = Image.fromarray(prediction.model_input, mode="L")
+                atomic.write_with(target, lambda f, im=image: im.save(f, "PNG"))
+                records[slot]["model_input"] = str(target)
+            if not args.json:
+                top3 = ", ".join(f"{d} {100 * q:.1f}%" for d, q in prediction.top3)
+                print(f"{path}: {prediction.digit}  ({100 * prediction.confidence:.1f}%)  "
+                      f"top 3: {top3}")
+        results += records
+    if args.json:
+        info = predictor.info
+        document = {
+            "model": {k: info[k] for k in ("path", "architecture", "backend", "test_accuracy")},
+            "results": results,
+            "predicted": len(results) - failed,
+            "failed": failed,
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"{len(results) - failed} predicted, {failed} failed", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX (checked against PyTorch)",
+        description="Write the model as ONNX with a dynamic batch axis, after checking on MNIST "
+        "test digits that ONNX Runtime gives the same argmax as PyTorch and logits within "
+        "1e-4. Needs the onnx extra: pip install 'mnist-cnn[onnx]'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="models/mnist_cnn_model.pth", help="weights file (.pth)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    p.add_argument("--output", default=None,
+                   help="where to write it (default: beside the weights, with .onnx)")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.export import ExportError, export_onnx
+
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(".onnx")
+    try:
+        result = export_onnx(args.model, output)
+    except (CheckpointError, ExportError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, dynamic batch axis)")
+    print(f"parity with PyTorch on {result.examples} MNIST test digits, batch sizes "
+          f"{', '.join(map(str, result.batch_sizes))}: max |delta logit| "
+          f"{result.max_abs_diff:.1e}, same argmax: {'yes' if result.argmax_agree else 'no'}")
+    return 0
+
+
+def _add_gradio_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gradio",
+        help="serve the Gradio interface: draw or upload a digit",
+        description="A sketchpad and an upload box; shows the top probabilities and the 28x28 "
+        "image the model sees, through the same Predictor as the web app. Needs the gradio "
+        "extra: pip install '.[gradio]'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="weights file (.pth) (default: the shipped models/mnist_cnn_model.pth)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port")
+    p.add_argument(
+        "--share",
+        action="store_true",
+        help="also open a public *.gradio.live link through Gradio's tunnel (needs internet)",
+    )
+    p.set_defaults(handler=_gradio)
+
+
+def _gradio(args: argparse.Namespace) -> int:
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.gradio_app import build_interface, import_gradio, launch
+    from mnist_cnn.predict import Predictor
+
+    try:
+        import_gradio()  # before loading anything: the likeliest failure, with its fix
+        predictor = Predictor.from_checkpoint(getattr(args, "model", None))
+    except (ImportError, CheckpointError) as exc:
+        return _fail(str(exc))
+    info = predictor.info
+    print(f"model: {info['path']} ({info['architecture']})")
+    try:
+        launch(build_interface(predictor), host=args.host, port=args.port, share=args.share)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a foreground server is stopped
+    return 0
+
+
 def _fail(message: str) -> int:
     print(f"mnist-cnn: error: {message}", file=sys.stderr)
     return EXIT_FAILED
@@ -178,6 +446,10 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train_parser,
     _add_evaluate_parser,
     _add_download_parser,
+    _add_predict_parser,
+    _add_export_parser,
+    _add_serve_parser,
+    _add_gradio_parser,
 ]
 
 

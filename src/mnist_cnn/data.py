@@ -11,10 +11,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
+import re
 import struct
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,7 +280,7 @@ def stratified_split(
 
 
 def to_model_input(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) images -> normalised float (N, 1, 28, 28)."""
+    """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) images -> normalised (N, 1, 28, 28)."""
     if images.dtype == torch.uint8:
         images = images.float().div_(255.0)
     if images.dim() == 3:
@@ -307,9 +310,9 @@ def random_affine(
     tx = (u[:, 2] * 2 - 1) * max_translate * 2
     ty = (u[:, 3] * 2 - 1) * max_translate * 2
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    theta = torch.stack(
-        [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
-    ).to(images.dtype)
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(
+        images.dtype
+    )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -339,3 +342,143 @@ def batches(
             assert generator is not None
             x = random_affine(x, generator)
         yield (x - mean) / std, split.labels[idx]
+
+
+# --------------------------------------------------------------------------- finding the data
+# Notebooks run in places we do not control: a clone of the repository (data/mnist/), Kaggle
+# with a dataset attached under /kaggle/input (any layout, any nesting, gzipped or not, file
+# names with "." or "-" before "idx"), or a bare machine with internet. ``find_data_dir``
+# turns all of them into one directory that ``load_split`` reads.
+
+KAGGLE_INPUT = Path("/kaggle/input")
+
+# train-images-idx3-ubyte, train-images.idx3-ubyte, T10K-LABELS-IDX1-UBYTE.gz, ...
+_IDX_NAME = re.compile(r"^(train|t10k)-(images|labels)[.-](idx[13])-ubyte(\.gz)?$", re.IGNORECASE)
+# Dataset trees can be large (image datasets hold 100,000s of files); MNIST sits near the top.
+_MAX_SEARCH_DEPTH = 6
+
+
+def _canonical_name(filename: str) -> str | None:
+    match = _IDX_NAME.match(filename)
+    if match is None:
+        return None
+    kind, what, idx = (g.lower() for g in match.groups()[:3])
+    name = f"{kind}-{what}-{idx}-ubyte"
+    return name if name in FILES else None
+
+
+def _verify_dir(directory: Path) -> str | None:
+    """None when ``directory`` holds the four MNIST files (verified), else why not."""
+    try:
+        for name, sha in FILES.items():
+            read_idx(locate(directory, name), sha)
+    except DatasetError as exc:
+        return str(exc).split(". ")[0]
+    return None
+
+
+def _search(roots: Sequence[Path]) -> dict[str, list[Path]]:
+    """Every file under ``roots`` whose name is one of the MNIST files, by canonical name."""
+    found: dict[str, list[Path]] = {name: [] for name in FILES}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        base_depth = len(root.parts)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            if len(Path(dirpath).parts) - base_depth >= _MAX_SEARCH_DEPTH:
+                dirnames.clear()
+            dirnames.sort()  # a reproducible choice when several datasets match
+            for filename in sorted(filenames):
+                name = _canonical_name(filename)
+                if name is not None:
+                    found[name].append(Path(dirpath) / filename)
+    return found
+
+
+def _stage(files: dict[str, Path], staging_dir: Path) -> Path:
+    """Make ``staging_dir`` hold ``files`` under the names ``locate`` expects (symlinks)."""
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        for stale in (staging_dir / name, staging_dir / f"{name}.gz"):
+            stale.unlink(missing_ok=True)
+        gzipped = source.open("rb").read(2) == b"\x1f\x8b"
+        target = staging_dir / (f"{name}.gz" if gzipped else name)
+        try:
+            target.symlink_to(source.resolve())
+        except OSError:  # no symlinks (Windows without developer mode): copy instead
+            atomic.write_bytes(target, source.read_bytes())
+    return staging_dir
+
+
+def find_data_dir(
+    candidates: Sequence[str | Path] = ("data/mnist", "../data/mnist", DEFAULT_DATA_DIR),
+    search_roots: Sequence[str | Path] = (KAGGLE_INPUT,),
+    download_to: str | Path | None = None,
+    staging_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """A directory from which ``load_split`` reads the verified MNIST files.
+
+    Looks, in this order, in each of ``candidates`` (a directory with the four files, as in
+    the repository), then anywhere under ``search_roots`` (any nesting and naming, as in
+    attached Kaggle datasets), and finally downloads into ``download_to`` when it is given.
+    Every file is checked against MNIST's SHA-256, so a look-alike with the same file names
+    (Fashion-MNIST, a truncated upload) is passed over. Files found scattered or under other
+    names are symlinked into ``staging_dir`` (default: a directory in the system's temporary
+    directory) under the standard names. Raises ``DatasetError`` saying where it looked.
+    """
+    rejected: list[str] = []
+    for candidate in candidates:
+        directory = Path(candidate)
+        if not directory.is_dir():
+            continue
+        problem = _verify_dir(directory)
+        if problem is None:
+            log(f"MNIST found in {directory}")
+            return directory
+        rejected.append(problem)
+
+    roots = [Path(r) for r in search_roots]
+    chosen: dict[str, Path] = {}
+    for name, paths in _search(roots).items():
+        for path in paths:
+            try:
+                read_idx(path, FILES[name])
+            except DatasetError as exc:
+                rejected.append(str(exc).split(". ")[0])
+                continue
+            chosen[name] = path
+            break
+    if len(chosen) == len(FILES):
+        directories = {p.parent for p in chosen.values()}
+        names_ok = all(p.name in (n, f"{n}.gz") for n, p in chosen.items())
+        if len(directories) == 1 and names_ok:
+            directory = directories.pop()
+        else:
+            staging = Path(staging_dir or Path(tempfile.gettempdir()) / "mnist-cnn-data")
+            directory = _stage(chosen, staging)
+        log(f"MNIST found in {', '.join(sorted({str(p.parent) for p in chosen.values()}))}")
+        return directory
+
+    looked = [str(c) for c in candidates] + [f"{r}/** (any depth)" for r in roots]
+    missing = sorted(set(FILES) - set(chosen))
+    where = (
+        f"MNIST was not found in: {', '.join(looked)}"
+        f" (missing or not valid MNIST: {', '.join(missing)})"
+    )
+    if rejected:
+        where += "\nfiles passed over:\n  " + "\n  ".join(rejected[:8])
+    if download_to is None:
+        raise DatasetError(
+            f"{where}.\nOn Kaggle, attach a dataset with the four MNIST IDX files (Add Input), "
+            f"or turn Internet on so that it can be downloaded."
+        )
+    log(f"{where}; downloading it into {download_to}")
+    try:
+        download(download_to, log=log)
+    except DatasetError as exc:
+        raise DatasetError(
+            f"{exc}\n{where}. On Kaggle, attach a dataset with the four MNIST IDX files "
+            f"(Add Input) or turn Internet on in the notebook's settings."
+        ) from exc
+    return Path(download_to)

@@ -24,7 +24,9 @@ INFERENCE_BATCH = 256
 
 
 @torch.inference_mode()
-def logits_of(model: nn.Module, inputs: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
+def logits_of(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int = INFERENCE_BATCH
+) -> torch.Tensor:
     """Logits (N, 10) for normalised inputs (N, 1, 28, 28), in eval mode, chunked.
 
     Channels-last memory format makes oneDNN's convolutions several times faster on CPU.
@@ -82,7 +84,9 @@ def per_class_metrics(confusion: torch.Tensor) -> list[dict[str, float | int]]:
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
     recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
     denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+    f1 = torch.where(
+        denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp)
+    )
     return [
         {
             "class": c,
@@ -143,6 +147,10 @@ def write_report(
         "misclassified": report_dir / "misclassified.png",
     }
     atomic.write_json(paths["report"], report)
-    plots.save_figure(plots.confusion_figure(torch.tensor(report["confusion_matrix"])), paths["confusion_matrix"])
-    plots.save_figure(plots.mistakes_figure(images, report["worst_mistakes"]), paths["misclassified"])
+    plots.save_figure(
+        plots.confusion_figure(torch.tensor(report["confusion_matrix"])), paths["confusion_matrix"]
+    )
+    plots.save_figure(
+        plots.mistakes_figure(images, report["worst_mistakes"]), paths["misclassified"]
+    )
     return paths

@@ -33,7 +33,9 @@ def curves_figure(history: list[dict[str, Any]]) -> Figure:
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train (augmented)")
+    ax_acc.plot(
+        epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train (augmented)"
+    )
     ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
@@ -55,14 +57,28 @@ def confusion_figure(confusion: torch.Tensor) -> Figure:
         for j in range(n):
             value = int(confusion[i, j])
             if value:
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                        color="black" if i == j or value < off_diagonal.max() * 0.6 else "white")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix ({int(confusion.sum()) - int(confusion.trace())} errors)")
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if i == j or value < off_diagonal.max() * 0.6 else "white",
+                )
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion matrix ({int(confusion.sum()) - int(confusion.trace())} errors)",
+    )
     return fig
 
 
-def mistakes_figure(images: torch.Tensor, mistakes: list[dict[str, Any]], columns: int = 5) -> Figure:
+def mistakes_figure(
+    images: torch.Tensor, mistakes: list[dict[str, Any]], columns: int = 5
+) -> Figure:
     """A grid of misclassified images titled with true label, prediction and confidence."""
     rows = max(1, -(-len(mistakes) // columns))
     fig = Figure(figsize=(columns * 1.6, rows * 1.8))
@@ -71,7 +87,9 @@ def mistakes_figure(images: torch.Tensor, mistakes: list[dict[str, Any]], column
         ax.axis("off")
     for ax, m in zip(axes.flat, mistakes, strict=False):
         ax.imshow(images[m["index"]].numpy(), cmap="gray")
-        ax.set_title(f"true {m['true']}, pred {m['predicted']}\n{100 * m['confidence']:.1f}%", fontsize=8)
+        ax.set_title(
+            f"true {m['true']}, pred {m['predicted']}\n{100 * m['confidence']:.1f}%", fontsize=8
+        )
     fig.suptitle("Most confident mistakes on the test set")
     fig.tight_layout()
     return fig

@@ -234,12 +234,20 @@ def train(
             correct = torch.zeros((), dtype=torch.int64)
             seen = 0
             bar = tqdm(
-                total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                leave=False, disable=not progress,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{config.epochs}",
+                unit="batch",
+                leave=False,
+                disable=not progress,
             )
             for x, y in data.batches(
-                train_set, config.batch_size, MNIST_MEAN, MNIST_STD,
-                shuffle=True, generator=gen, augment=config.augment,
+                train_set,
+                config.batch_size,
+                MNIST_MEAN,
+                MNIST_STD,
+                shuffle=True,
+                generator=gen,
+                augment=config.augment,
             ):
                 x = x.to(device, memory_format=memory_format)
                 y = y.to(device)
@@ -308,12 +316,19 @@ def train(
     test_set = data.load_split("test", config.data_dir)
     test = evaluate(model, test_set, MNIST_MEAN, MNIST_STD)
     result.test_accuracy, result.test_loss = test.accuracy, test.loss
-    result.outputs = write_outputs(model, result, device, len(train_set), len(val_set), len(test_set))
+    result.outputs = write_outputs(
+        model, result, device, len(train_set), len(val_set), len(test_set)
+    )
     return result
 
 
 def write_outputs(
-    model: nn.Module, result: TrainResult, device: torch.device, n_train: int, n_val: int, n_test: int
+    model: nn.Module,
+    result: TrainResult,
+    device: torch.device,
+    n_train: int,
+    n_val: int,
+    n_test: int,
 ) -> dict[str, Path]:
     """Save the weights, their metadata and the training curves (all atomically)."""
     config = result.config

@@ -1,0 +1,146 @@
+"""Prediction speed: one photo end to end on one CPU thread, and batched throughput.
+
+1. Latency: a 640x480 JPEG phone photo of a digit (the "paper photo" of
+   realistic_uploads.py), from its bytes to the Prediction (decode, preprocess, forward),
+   on one thread; p50/p90/p99 over many runs, with the time of each stage.
+2. Throughput: the forward pass over the 10,000 MNIST test images, batched, on 2 threads,
+   with PyTorch (channels-last, chunks of 256: ``evaluate.logits_of``) and ONNX Runtime.
+
+    python benchmarks/predict_speed.py [--model models/mnist_cnn_model.pth] [--runs 300]
+
+Targets (issue 3): p50 <= 3 ms for the photo on one thread; >= 10,000 images/s batched on
+2 cores with PyTorch. On a shared machine the figures are indicative. Exits 1 when a target
+is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from realistic_uploads import photo  # the same renderer as the accuracy benchmark
+
+from mnist_cnn import data
+from mnist_cnn.checkpoint import SHIPPED_MODEL, load_model
+from mnist_cnn.evaluate import logits_of
+from mnist_cnn.predict import Predictor
+from mnist_cnn.preprocess import WORK_SIDE, load_image, to_mnist
+
+
+def timings(fn: Callable[[], object], runs: int, warmup: int = 20) -> list[float]:
+    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def best_rate(fn: Callable[[], object], count: int, repeats: int = 5) -> float:
+    """Images per second of the fastest of ``repeats`` runs over ``count`` images."""
+    fn()
+    best = min(_seconds(fn) for _ in range(repeats))
+    return count / best
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(SHIPPED_MODEL), help="weights file (.pth)")
+    parser.add_argument("--runs", type=int, default=300, help="timed single-image runs")
+    args = parser.parse_args(argv)
+
+    jpeg = photo(data.load_split("test").images[0].numpy(), np.random.default_rng(0))
+    rows = []
+
+    # ---- latency, one thread
+    torch.set_num_threads(1)
+    backends = {"PyTorch": Predictor.from_checkpoint(args.model)}
+    try:
+        backends["ONNX Runtime"] = Predictor.from_checkpoint(args.model, backend="onnx", threads=1)
+    except Exception as exc:  # the optional extra may be missing
+        print(f"(ONNX Runtime skipped: {exc})", file=sys.stderr)
+    gray = load_image(jpeg, max_side=WORK_SIDE)
+    decode = timings(lambda: load_image(jpeg, max_side=WORK_SIDE), args.runs)
+    prep = timings(lambda: to_mnist(gray), args.runs)
+    image = to_mnist(gray)
+    latency = {}
+    for name, predictor in backends.items():
+        forward = timings(lambda p=predictor: p.predict_inputs(image[None]), args.runs)
+        total = timings(lambda p=predictor: p.predict(jpeg), args.runs)
+        latency[name] = total
+        rows.append((name, total, forward))
+
+    print(
+        f"model: {args.model}; input: a {len(jpeg) / 1024:.0f} kB 640x480 JPEG photo, "
+        f"{args.runs} runs\n"
+    )
+    print("| one 640x480 JPEG, 1 thread | p50 | p90 | p99 |")
+    print("|---|---:|---:|---:|")
+    print(
+        f"| decode (JPEG at reduced scale) | {percentile(decode, 50):.2f} ms | "
+        f"{percentile(decode, 90):.2f} ms | {percentile(decode, 99):.2f} ms |"
+    )
+    print(
+        f"| preprocess (to the 28x28 input) | {percentile(prep, 50):.2f} ms | "
+        f"{percentile(prep, 90):.2f} ms | {percentile(prep, 99):.2f} ms |"
+    )
+    for name, total, forward in rows:
+        print(
+            f"| forward, {name} | {percentile(forward, 50):.2f} ms | "
+            f"{percentile(forward, 90):.2f} ms | {percentile(forward, 99):.2f} ms |"
+        )
+        print(
+            f"| **end to end, {name}** | **{percentile(total, 50):.2f} ms** | "
+            f"{percentile(total, 90):.2f} ms | {percentile(total, 99):.2f} ms |"
+        )
+
+    # ---- throughput, 2 threads
+    torch.set_num_threads(2)
+    loaded = load_model(args.model)
+    test = data.load_split("test")
+    x = data.to_model_input(test.images, loaded.mean, loaded.std)
+    rates = {"PyTorch": best_rate(lambda: logits_of(loaded.model, x), len(x))}
+    if "ONNX Runtime" in backends:
+        from mnist_cnn import export
+
+        run = export.onnx_runner(
+            export.onnx_bytes(loaded.model, export.onnx_metadata(loaded)), threads=2
+        )
+        rates["ONNX Runtime"] = best_rate(lambda: [run(chunk) for chunk in x.split(256)], len(x))
+    print()
+    print("| batched forward, 10,000 MNIST test images, 2 threads | images/s |")
+    print("|---|---:|")
+    for name, rate in rates.items():
+        print(f"| {name} (batches of 256) | {rate:,.0f} |")
+
+    failures = []
+    p50 = statistics.median(latency["PyTorch"])
+    if p50 > 3.0:
+        failures.append(f"end-to-end p50 {p50:.2f} ms > 3 ms")
+    if rates["PyTorch"] < 10_000:
+        failures.append(f"PyTorch throughput {rates['PyTorch']:,.0f} images/s < 10,000")
+    for failure in failures:
+        print(f"TARGET MISSED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Training benchmark: how fast each recipe reaches 99.0% test accuracy, and where it ends.
+
+    python benchmarks/train_speed.py                      # the presets: seed, fast, default
+    python benchmarks/train_speed.py --runs ablation      # the evidence behind the default
+
+Each run trains from scratch on the bundled MNIST with the full training split (55,000
+images; 5,000 held out for validation) and, for this benchmark only, measures test accuracy
+after every epoch. "Time" is training wall time (including each epoch's validation pass,
+excluding the benchmark's own test passes). Prints a markdown table. Nothing is written
+into models/: outputs go to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_cnn import data
+from mnist_cnn.evaluate import evaluate
+from mnist_cnn.model import MNIST_MEAN, MNIST_STD
+from mnist_cnn.train import config_for, train
+
+TARGET = 0.99
+
+# name: (preset, overrides, what it shows)
+RUNS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "seed": ("seed", {}, "the seed's recipe: Adam 1e-3 constant, batch 64, 10 epochs"),
+    "fast": ("fast", {}, "--preset fast: FastCNN, 3 epochs, one-cycle 1e-2"),
+    "default": ("default", {}, "default: seed CNN, 12 epochs, one-cycle 3e-3, aug, LS 0.1, NHWC"),
+    "no-augment": ("default", {"augment": False}, "default without augmentation"),
+    "no-smoothing": ("default", {"label_smoothing": 0.0}, "default without label smoothing"),
+    "constant-lr": (
+        "default",
+        {"schedule": "constant", "lr": 1e-3},
+        "default with the seed's constant 1e-3 instead of one-cycle",
+    ),
+    "no-channels-last": ("default", {"channels_last": False}, "default in NCHW memory format"),
+}
+GROUPS = {
+    "presets": ["seed", "fast", "default"],
+    "ablation": ["default", "no-augment", "no-smoothing", "constant-lr", "no-channels-last"],
+}
+
+
+@dataclass
+class Outcome:
+    name: str
+    description: str
+    epochs: int
+    seconds_to_target: float | None
+    epoch_to_target: int | None
+    final_accuracy: float
+    seconds: float
+    images_per_second: float
+
+
+def run(name: str, data_dir: str, workdir: Path, threads: int) -> Outcome:
+    """Train one configuration, following its test accuracy epoch by epoch."""
+    preset, overrides, description = RUNS[name]
+    config = config_for(
+        preset,
+        **overrides,
+        threads=threads,
+        data_dir=data_dir,
+        model_path=str(workdir / f"{name}.pth"),
+        report_dir=str(workdir / name),
+    )
+    test = data.load_split("test", data_dir)
+    elapsed = 0.0
+    reached: tuple[float, int] | None = None
+
+    def follow_test_accuracy(model: torch.nn.Module, record: dict[str, Any]) -> None:
+        nonlocal elapsed, reached
+        elapsed += record["seconds"]
+        accuracy = evaluate(model, test, MNIST_MEAN, MNIST_STD).accuracy
+        print(f"  {name} epoch {record['epoch']}: test {100 * accuracy:.2f}% at {elapsed:.1f}s")
+        if reached is None and accuracy >= TARGET:
+            reached = (elapsed, record["epoch"])
+
+    result = train(config, on_epoch=follow_test_accuracy)
+    speeds = [h["images_per_second"] for h in result.history]
+    return Outcome(
+        name=name,
+        description=description,
+        epochs=config.epochs,
+        seconds_to_target=reached[0] if reached else None,
+        epoch_to_target=reached[1] if reached else None,
+        final_accuracy=result.test_accuracy or 0.0,
+        seconds=result.seconds,
+        images_per_second=sum(speeds) / len(speeds),
+    )
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """A markdown table of the outcomes."""
+    lines = [
+        "| run | what | epochs | time to 99.0% test | final test accuracy | training time | img/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for o in outcomes:
+        to_target = (
+            f"{o.seconds_to_target:.0f} s (epoch {o.epoch_to_target})"
+            if o.seconds_to_target is not None
+            else "not reached"
+        )
+        lines.append(
+            f"| {o.name} | {o.description} | {o.epochs} | {to_target} | "
+            f"{100 * o.final_accuracy:.2f}% | {o.seconds:.0f} s | {o.images_per_second:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the chosen group (or list of runs) and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--runs",
+        default="presets",
+        help=f"a group ({', '.join(GROUPS)}) or comma-separated runs ({', '.join(RUNS)})",
+    )
+    parser.add_argument("--data-dir", default="data/mnist")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    args = parser.parse_args()
+    names = GROUPS.get(args.runs) or args.runs.split(",")
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs: {', '.join(unknown)}")
+    threads = args.threads or torch.get_num_threads()
+    outcomes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            start = time.perf_counter()
+            outcomes.append(run(name, args.data_dir, Path(tmp), threads))
+            print(f"  {name} done in {time.perf_counter() - start:.0f}s wall", file=sys.stderr)
+    print()
+    print(
+        f"torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}"
+    )
+    print(table(outcomes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""The Gradio interface: draw a digit or upload a photo of one, see what the model thinks.
+
+    predictor = Predictor.from_checkpoint()
+    demo = build_interface(predictor)          # a gr.Blocks
+    launch(demo, port=7860)                    # or: mnist-cnn gradio [--share]
+
+Everything the interface shows comes from ``classify``, a plain function of a Predictor and
+an image that the notebooks and tests call directly: the ten class probabilities (for a
+``gr.Label``, which shows the top three), the 28x28 image the model actually saw, and a
+one-line message. Images that hold no digit or are not images at all get that message, never
+a traceback.
+
+Gradio is an optional extra (``pip install ".[gradio]"``). It is imported only inside
+``build_interface`` and ``launch``, and no module of the package imports this one (the CLI
+does when its ``gradio`` command runs), so ``import mnist_cnn`` never pulls Gradio in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
+from mnist_cnn.preprocess import ImageError, NoDigitError
+
+if TYPE_CHECKING:  # the annotations only; importing gradio costs seconds
+    import gradio as gr
+
+    from mnist_cnn.predict import Predictor
+
+INSTALL_HINT = (
+    'the Gradio interface needs the optional packages: pip install ".[gradio]" in a clone of '
+    'the repository, or pip install "gradio>=6,<7" "gradio_client>=2"'
+)
+MODEL_FILENAME = "mnist_cnn_model.pth"
+TOP_CLASSES = 3
+# The 28x28 model input is shown enlarged by this factor with nearest-neighbour sampling, so
+# that every pixel the model sees is an exact square on screen (a browser would blur it).
+DISPLAY_SCALE = 8
+# The canvas a user draws on: big enough for a mouse or a finger. The brush width is about
+# MNIST's stroke width relative to its digit box; preprocessing normalises it anyway.
+CANVAS_SIZE = 280
+BRUSH_SIZE = 18
+
+EMPTY_MESSAGE = "Draw a digit on the canvas, or upload a photo of one."
+
+Outputs = tuple[dict[str, float] | None, np.ndarray | None, str]
+
+
+def import_gradio() -> ModuleType:
+    """``import gradio``, or an ``ImportError`` that says how to install it."""
+    try:
+        import gradio
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return gradio
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def find_model(
+    path: str | Path | None = None,
+    candidates: Sequence[str | Path] = (
+        Path("models") / MODEL_FILENAME,
+        Path("..") / "models" / MODEL_FILENAME,
+        SHIPPED_MODEL,
+    ),
+    search_roots: Sequence[str | Path] = ("/kaggle/input",),
+) -> Path:
+    """The weights file to serve: ``path`` when given, else the first one found.
+
+    Looks at ``candidates`` (the repository's ``models/``, seen from its root or from
+    ``notebooks/``), then for ``mnist_cnn_model.pth`` anywhere under ``search_roots``: on
+    Kaggle, a training notebook's output or an uploaded dataset added as input. Raises
+    ``CheckpointError`` naming every place it looked.
+    """
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: model file not found.")
+        return path
+    for candidate in candidates:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    for root in search_roots:
+        if Path(root).is_dir():
+            found = sorted(Path(root).rglob(MODEL_FILENAME))
+            if found:
+                return found[0]
+    looked = [str(c) for c in candidates] + [f"{r}/**/{MODEL_FILENAME}" for r in search_roots]
+    raise CheckpointError(
+        f"no model found in: {', '.join(looked)}. Train one (`mnist-cnn train` or the training "
+        f"notebook) or, on Kaggle, add the training notebook's output or a dataset holding "
+        f"{MODEL_FILENAME} and its .json as input."
+    )
+
+
+# --------------------------------------------------------------------------- the function
+
+
+def _unwrap(value: Any) -> Any:
+    """The image inside what a Gradio component sends, or ``value`` itself.
+
+    The interface's events skip Gradio's own decoding (``preprocess=False``), so that the
+    Predictor decodes every upload with its checks and its error messages: an upload arrives
+    as a file reference (a dict with a ``path`` in Gradio's upload cache), a drawing as an
+    editor value whose ``composite`` is the picture as shown (background plus strokes).
+    """
+    if isinstance(value, dict):
+        if "composite" in value or "layers" in value or "background" in value:
+            value = value.get("composite") or value.get("background")
+        if isinstance(value, dict):
+            value = value.get("path")
+    return value
+
+
+def _sentence(text: str) -> str:
+    text = text.strip().rstrip(".")
+    return text[:1].upper() + text[1:] + "."
+
+
+def classify(predictor: Predictor, image: Any, scale: int = 1) -> Outputs:
+    """What the interface shows for ``image``: (probabilities, model input, message).
+
+    ``image`` is anything ``Predictor.predict`` takes (a path, bytes, a PIL image, a NumPy
+    array) or what a Gradio input sends (an upload's file reference, a Sketchpad's value).
+    ``None`` and blank drawings are normal states of the interface, not errors.
+
+    Returns the ten class probabilities keyed by digit (``"0"`` .. ``"9"``, the form
+    ``gr.Label`` takes), the uint8 28x28 image the model saw (enlarged ``scale`` times with
+    nearest-neighbour sampling) and a message. When there is nothing to classify, the first
+    two are ``None`` and the message says why.
+    """
+    image = _unwrap(image)
+    if image is None:
+        return None, None, EMPTY_MESSAGE
+    try:
+        prediction = predictor.predict(image)
+    except NoDigitError as exc:
+        return None, None, f"{_sentence(str(exc))} {EMPTY_MESSAGE}"
+    except ImageError as exc:
+        return None, None, f"This image cannot be used: {str(exc).rstrip('.')}."
+    except OSError as exc:  # an upload that vanished or cannot be read
+        return None, None, f"This file cannot be read: {_sentence(exc.strerror or str(exc))}"
+    probabilities = {str(d): float(p) for d, p in enumerate(prediction.probabilities)}
+    model_input = prediction.model_input
+    if scale > 1:
+        model_input = np.kron(model_input, np.ones((scale, scale), dtype=np.uint8))
+    runner_up, runner_up_p = prediction.top3[1]
+    message = (
+        f"**{prediction.digit}** with {100 * prediction.confidence:.1f}% confidence "
+        f"(next: {runner_up} at {100 * runner_up_p:.1f}%)."
+    )
+    return probabilities, model_input, message
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+def build_interface(predictor: Predictor, title: str = "Handwritten digit recogniser") -> gr.Blocks:
+    """A ``gr.Blocks`` with a sketchpad and an upload box, both answered by ``classify``.
+
+    Two API endpoints serve the two inputs: ``/classify_drawing`` (a Sketchpad value) and
+    ``/classify_upload`` (an image file). Analytics are off, so nothing leaves the machine
+    unless a share link is asked for.
+    """
+    gr = import_gradio()
+
+    def run(image: Any) -> Outputs:
+        return classify(predictor, image, scale=DISPLAY_SCALE)
+
+    info = predictor.info
+    accuracy = info.get("test_accuracy")
+    about = f"Model: {info.get('architecture', '?')}" + (
+        f", {100 * accuracy:.2f}% on the MNIST test set" if accuracy else ""
+    )
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"# {title}\nDraw a digit (0-9) or upload a photo of one written on paper. The image "
+            f"is turned into what MNIST looks like (a white digit on black, fitted in 20×20 and "
+            f"centred in 28×28) before the model sees it. {about}."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                with gr.Tab("Draw"):
+                    sketch = gr.Sketchpad(
+                        label="Draw a digit",
+                        type="numpy",
+                        image_mode="RGBA",
+                        canvas_size=(CANVAS_SIZE, CANVAS_SIZE),
+                        fixed_canvas=True,
+                        brush=gr.Brush(
+                            default_size=BRUSH_SIZE, colors=["#000000"], color_mode="fixed"
+                        ),
+                        layers=False,
+                    )
+                    draw_button = gr.Button("Classify the drawing", variant="primary")
+                with gr.Tab("Upload"):
+                    upload = gr.Image(
+                        label="Upload a photo of a digit",
+                        type="filepath",
+                        image_mode=None,  # keep the file as it is (transparency, 16 bits)
+                        sources=["upload", "clipboard", "webcam"],
+                    )
+                    upload_button = gr.Button("Classify the photo", variant="primary")
+            with gr.Column():
+                label = gr.Label(num_top_classes=TOP_CLASSES, label="Prediction")
+                model_input = gr.Image(
+                    label="What the model sees (28×28)",
+                    type="numpy",
+                    image_mode="L",
+                    format="png",  # lossless: the exact pixels the model saw
+                    interactive=False,
+                    height=CANVAS_SIZE,
+                )
+                message = gr.Markdown(EMPTY_MESSAGE, label="Result")
+        outputs = [label, model_input, message]
+        # preprocess=False: the Predictor decodes the files itself (see _unwrap).
+        events = {"fn": run, "outputs": outputs, "preprocess": False}
+        draw_button.click(inputs=sketch, api_name="classify_drawing", **events)
+        upload_button.click(inputs=upload, api_name="classify_upload", **events)
+        # A new upload is answered at once, without waiting for the button.
+        upload.upload(inputs=upload, api_visibility="private", **events)
+        sketch.clear(lambda: (None, None, EMPTY_MESSAGE), None, outputs, api_visibility="private")
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool | None = False,
+    block: bool = True,
+    quiet: bool = False,
+) -> str:
+    """Start serving ``demo``; returns the local URL (and serves until Ctrl-C when ``block``).
+
+    ``port`` None takes the first free port from 7860. ``share=True`` also opens a public
+    ``*.gradio.live`` link through Gradio's tunnel (needs internet); ``None`` lets Gradio
+    decide (it shares on Kaggle and Colab, where localhost is not reachable).
+    """
+    demo.queue(default_concurrency_limit=os.cpu_count() or 1)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=not block,
+        inbrowser=False,
+        quiet=quiet,
+        show_error=False,
+        height=820,  # of the inline view in a notebook: the whole interface, no scrolling
+    )
+    return demo.local_url

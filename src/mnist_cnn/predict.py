@@ -1,0 +1,233 @@
+"""The Predictor: images in, digits out, for the CLI, the web app, Gradio and notebooks.
+
+    predictor = Predictor.from_checkpoint()          # the shipped model
+    p = predictor.predict("photo.jpg")               # a path, bytes, a PIL image or an array
+    p.digit, p.confidence, p.top3, p.model_input     # model_input: the 28x28 the model saw
+
+Weights load through ``checkpoint.load_model`` (``torch.load(weights_only=True)``), so a
+bad checkpoint is a ``CheckpointError`` and a pickle that would run code is refused. The
+preprocessing (``mnist_cnn.preprocess``) uses the normalisation saved with the checkpoint.
+Two backends run the network: PyTorch (``backend="torch"``) and ONNX Runtime
+(``backend="onnx"``, the optional ``onnx`` extra), from a ``.onnx`` file written by
+``mnist-cnn export`` or exported in memory from the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, load_model, metadata_path
+from mnist_cnn.evaluate import logits_of
+from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES
+from mnist_cnn.preprocess import MAX_PIXELS, WORK_SIDE, ImageSource, load_image, normalise, to_mnist
+
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model thinks of one image."""
+
+    digit: int
+    confidence: float
+    probabilities: tuple[float, ...]  # 10, summing to 1
+    top3: tuple[tuple[int, float], ...]  # (digit, probability), most likely first
+    model_input: np.ndarray = field(repr=False, compare=False)  # uint8 (28, 28)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: digit, confidence, probabilities and top3 (without the image)."""
+        return {
+            "digit": self.digit,
+            "confidence": round(self.confidence, 6),
+            "probabilities": [round(p, 6) for p in self.probabilities],
+            "top3": [{"digit": d, "probability": round(p, 6)} for d, p in self.top3],
+        }
+
+
+def _predictions(logits: torch.Tensor, inputs: np.ndarray) -> list[Prediction]:
+    probabilities = torch.softmax(logits.double(), dim=1)
+    top = probabilities.topk(3, dim=1)
+    out = []
+    for i, row in enumerate(probabilities.tolist()):
+        top3 = tuple(
+            (int(d), float(p))
+            for d, p in zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True)
+        )
+        out.append(
+            Prediction(
+                digit=top3[0][0],
+                confidence=top3[0][1],
+                probabilities=tuple(float(p) for p in row),
+                top3=top3,
+                model_input=inputs[i],
+            )
+        )
+    return out
+
+
+class Predictor:
+    """A loaded model plus its preprocessing. Thread-safe: ``predict`` keeps no state.
+
+    Build it with ``from_checkpoint``; the constructor takes a ready forward function.
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        mean: float,
+        std: float,
+        info: dict[str, Any],
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
+        self._forward = forward
+        self.mean = mean
+        self.std = std
+        self.max_pixels = max_pixels
+        self._info = info
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path | None = None,
+        backend: str = "torch",
+        threads: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> Predictor:
+        """Load a checkpoint (default: the shipped model) for inference.
+
+        ``path`` is a ``.pth`` state_dict (its ``.json`` metadata beside it) or, with
+        ``backend="onnx"``, also a ``.onnx`` file from ``mnist-cnn export``. ``threads`` sets
+        the CPU threads: for ONNX Runtime per session, for PyTorch process-wide
+        (``torch.set_num_threads``). Raises ``CheckpointError``, and ``ValueError`` for an
+        unknown backend.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        path = Path(path) if path is not None else SHIPPED_MODEL
+        if backend == "onnx":
+            return cls._from_onnx(path, threads, max_pixels)
+        if path.suffix == ".onnx":
+            raise CheckpointError(f"{path}: an ONNX model needs backend='onnx'.")
+        if threads:
+            torch.set_num_threads(threads)
+        loaded = load_model(path)
+        model = loaded.model
+        info = {
+            "architecture": loaded.architecture,
+            "path": str(loaded.path),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "test_accuracy": loaded.metadata.get("metrics", {}).get("test_accuracy"),
+            "metrics": loaded.metadata.get("metrics", {}),
+            "mean": loaded.mean,
+            "std": loaded.std,
+            "backend": "torch",
+        }
+        return cls(lambda x: logits_of(model, x), loaded.mean, loaded.std, info, max_pixels)
+
+    @classmethod
+    def _from_onnx(cls, path: Path, threads: int | None, max_pixels: int) -> Predictor:
+        from mnist_cnn import export
+
+        if path.suffix == ".onnx":
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{path}: ONNX model not found. Write it with `mnist-cnn export --format onnx`."
+                )
+            model_bytes = path.read_bytes()
+            meta = _onnx_metadata(path, model_bytes)
+            architecture = meta.get("architecture", "unknown")
+            mean = float(meta.get("mean", MNIST_MEAN))
+            std = float(meta.get("std", MNIST_STD))
+            # The JSON beside a .pth describes this ONNX file only if it was exported from
+            # those very weights; otherwise the metrics embedded at export time apply.
+            sidecar = metadata_path(path)
+            metrics = {}
+            if sidecar.is_file():
+                try:
+                    side = json.loads(sidecar.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    side = {}
+                if side.get("weights_sha256") == meta.get("source_weights_sha256"):
+                    metrics = side.get("metrics", {})
+            if not metrics and "test_accuracy" in meta:
+                metrics = {"test_accuracy": float(meta["test_accuracy"])}
+            parameters = int(meta["parameters"]) if "parameters" in meta else None
+        else:
+            loaded = load_model(path)
+            model_bytes = export.onnx_bytes(loaded.model, metadata=export.onnx_metadata(loaded))
+            architecture, mean, std = loaded.architecture, loaded.mean, loaded.std
+            metrics = loaded.metadata.get("metrics", {})
+            parameters = sum(p.numel() for p in loaded.model.parameters())
+        run = export.onnx_runner(model_bytes, threads=threads, what=str(path))
+        info = {
+            "architecture": architecture,
+            "path": str(path),
+            "parameters": parameters,
+            "test_accuracy": metrics.get("test_accuracy"),
+            "metrics": metrics,
+            "mean": mean,
+            "std": std,
+            "backend": "onnx",
+        }
+        return cls(run, mean, std, info, max_pixels)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Architecture, path, parameter count, metrics (test_accuracy), normalisation, backend."""
+        return dict(self._info)
+
+    def prepare(self, image: ImageSource) -> np.ndarray:
+        """The uint8 (28, 28) image the model sees for ``image``. Raises ``ImageError``."""
+        return to_mnist(load_image(image, self.max_pixels, max_side=WORK_SIDE))
+
+    def predict_inputs(self, inputs: np.ndarray) -> list[Prediction]:
+        """Classify prepared uint8 (N, 28, 28) images (from ``prepare``) in one batched pass."""
+        inputs = np.asarray(inputs, dtype=np.uint8).reshape(-1, 28, 28)
+        if len(inputs) == 0:
+            return []
+        logits = self._forward(normalise(inputs, self.mean, self.std))
+        if logits.shape != (len(inputs), NUM_CLASSES):
+            raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)}")
+        return _predictions(logits, inputs)
+
+    def predict(self, image: ImageSource) -> Prediction:
+        """Classify one image (a path, bytes, a PIL image or a NumPy array).
+
+        Raises ``ImageError`` subclasses: ``UnsupportedImageError``, ``ImageTooLargeError``,
+        ``NoDigitError``.
+        """
+        return self.predict_inputs(self.prepare(image)[None])[0]
+
+    def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
+        """Classify several images with one batched forward pass.
+
+        Every image is prepared first, so the first bad one raises its ``ImageError``
+        before any work is done on the network; use ``prepare`` and ``predict_inputs`` to
+        handle failures per image.
+        """
+        prepared = [self.prepare(image) for image in images]
+        if not prepared:
+            return []
+        return self.predict_inputs(np.stack(prepared))
+
+
+def _onnx_metadata(path: Path, model_bytes: bytes) -> dict[str, str]:
+    """The metadata_props that ``mnist-cnn export`` writes into the ONNX file."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise CheckpointError(
+            "the ONNX backend needs the optional packages: pip install 'mnist-cnn[onnx]'"
+        ) from exc
+    try:
+        proto = onnx.load_model_from_string(model_bytes)
+    except Exception as exc:  # onnx raises DecodeError and others from protobuf
+        raise CheckpointError(f"{path}: not a readable ONNX model ({exc}).") from exc
+    return {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,174 @@
+"""The web app: a page where a person drops a photo or draws a digit, and a JSON API.
+
+``create_app`` is a Flask application factory (as in the Flask tutorial's ``flaskr``): it
+takes a ``WebConfig``, loads the model through the ``Predictor`` and registers two
+blueprints, ``pages`` (the HTML page) and ``api`` (``/api/...``, JSON only).
+
+The model is the only global state in the project: it is loaded once per process and
+cached here, keyed by what identifies it, so that every app created in a process (and every
+request, on every server thread) shares it. Loading happens when the app is created, not on
+the first request, so a missing or broken checkpoint stops the server at start-up with a
+clear message instead of answering requests with errors.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mnist_cnn import __version__
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
+
+    from mnist_cnn.predict import Predictor
+
+# 10 MB: a full-resolution phone photo fits; anything larger is refused before it is read.
+# The production server enforces a limit too (see ``server.py``), so that an oversized body
+# is cut off at the socket instead of being buffered.
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """What the web app needs to know. ``model_path=None`` means the shipped model."""
+
+    model_path: Path | None = None
+    # The Predictor's backend ("torch", or "onnx" when the ONNX extra is installed).
+    backend: str = "torch"
+    # Torch threads in this process. One per process: the server gets its parallelism from
+    # concurrent requests (threads, workers), and intra-op threads on top of that would
+    # fight over the same cores for a network this small.
+    torch_threads: int = 1
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    # Log one line per prediction (digit, confidence, top 3, elapsed, model file).
+    log_predictions: bool = True
+
+
+# The process-wide model cache: (path, backend, threads) -> Predictor.
+_PREDICTORS: dict[tuple[str, str, int], Predictor] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def get_predictor(config: WebConfig) -> Predictor:
+    """The Predictor for ``config``, loaded on first use and then shared by the process.
+
+    Raises ``mnist_cnn.checkpoint.CheckpointError`` when the model cannot be loaded.
+    """
+    from mnist_cnn.checkpoint import SHIPPED_MODEL
+    from mnist_cnn.predict import Predictor
+
+    path = Path(config.model_path) if config.model_path is not None else SHIPPED_MODEL
+    key = (str(path.resolve()), config.backend, config.torch_threads)
+    with _PREDICTORS_LOCK:
+        # The lock makes concurrent first requests (or apps) load the model once, not twice.
+        predictor = _PREDICTORS.get(key)
+        if predictor is None:
+            predictor = Predictor.from_checkpoint(
+                path, backend=config.backend, threads=config.torch_threads
+            )
+            _PREDICTORS[key] = predictor
+    return predictor
+
+
+def model_info(predictor: Predictor) -> dict[str, Any]:
+    """What ``/api/model`` says: the Predictor's facts plus the checkpoint's JSON metadata.
+
+    The per-epoch training history is left out (it is long and for plots, not clients), and
+    the server's directories are not disclosed: only the model's file name.
+    """
+    from mnist_cnn.checkpoint import metadata_path
+
+    info = predictor.info
+    path = Path(str(info.get("path", "")))
+    metadata: dict[str, Any] = {}
+    try:
+        loaded = json.loads(metadata_path(path).read_text())
+        if isinstance(loaded, dict):
+            metadata = loaded
+    except (OSError, ValueError):
+        pass  # a seed-format model has no metadata; the Predictor's facts stand alone
+    metadata.pop("history", None)
+    training = metadata.get("training")
+    if isinstance(training, dict):
+        metadata["training"] = {
+            k: v for k, v in training.items() if k not in ("model_path", "report_dir", "data_dir")
+        }
+    return {
+        "architecture": info.get("architecture"),
+        "file": path.name,
+        "backend": info.get("backend"),
+        "parameters": info.get("parameters"),
+        "test_accuracy": info.get(
+            "test_accuracy", (info.get("metrics") or {}).get("test_accuracy")
+        ),
+        "metrics": info.get("metrics") or {},
+        "input": {"mean": info.get("mean"), "std": info.get("std")},
+        "metadata": metadata,
+    }
+
+
+def create_app(config: WebConfig | None = None) -> Flask:
+    """Build the Flask app around a loaded model.
+
+    Raises ``mnist_cnn.checkpoint.CheckpointError`` when the model cannot be loaded.
+    """
+    # Flask is imported here, not at the top, so that `mnist-cnn --help` and the other
+    # sub-commands work without the optional web extra installed.
+    from flask import Flask
+
+    config = config or WebConfig()
+    app = Flask(__name__)
+    app.config.update(
+        # Flask answers 413 for larger bodies; our error handler turns that into JSON.
+        MAX_CONTENT_LENGTH=config.max_upload_bytes,
+        # Flask 3.1 limits non-file multipart fields to 500 kB by default; a canvas data URL
+        # sent as a form field may be larger, and the overall cap above is what matters.
+        MAX_FORM_MEMORY_SIZE=config.max_upload_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    # The typed config travels with the app; views read it from here, never from a global.
+    from mnist_cnn.web import api, errors, pages
+
+    predictor = get_predictor(config)
+    info = model_info(predictor)
+    app.extensions["mnist_cnn"] = {
+        "config": config,
+        "predictor": predictor,
+        "model_info": info,
+        "model_summary": api.model_summary(info),
+        "started": time.time(),
+        "version": __version__,
+    }
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    errors.register(app)
+
+    @app.context_processor
+    def template_globals() -> dict[str, Any]:
+        # The version busts browser caches of app.js and style.css after an upgrade.
+        return {"version": __version__}
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        # Everything is served from this origin (no CDN), so the policy can be strict; data:
+        # and blob: images are the model's 28x28 input and the preview of an uploaded file.
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    return app
+
+
+__all__ = ["MAX_UPLOAD_BYTES", "WebConfig", "create_app", "get_predictor"]

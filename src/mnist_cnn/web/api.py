@@ -1,0 +1,175 @@
+"""The JSON API: ``POST /api/predict``, ``GET /api/health``, ``GET /api/model``.
+
+``/api/predict`` reads an image from whichever form the client sends:
+
+- ``multipart/form-data`` with a file field ``image`` (a file picker, ``curl -F image=@x.png``),
+  or a text field ``image`` holding a data URL (an HTML form around a canvas);
+- ``application/json`` ``{"image": "data:image/png;base64,..."}`` (what the page's canvas
+  sends; bare base64 without the ``data:`` prefix is accepted too);
+- the image's bytes as the body with an ``image/*`` or ``application/octet-stream`` type
+  (``curl --data-binary @x.png -H 'Content-Type: image/png'``).
+
+It answers with the prediction, the 28x28 image the model saw (a PNG data URL, so the page
+can show it without a second request), a summary of the model and the time it took. What
+goes wrong is an error with a status (``errors.py``): 400 for a request we cannot read, 413
+for a body over the limit, 415 for what is not an image, 422 for an image without a digit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Request, current_app, request
+from PIL import Image
+
+from mnist_cnn.web.errors import ApiError
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger("mnist_cnn.web")
+
+# Body types sent as the raw image bytes.
+RAW_IMAGE_TYPES = ("application/octet-stream",)
+
+
+def _state() -> dict[str, Any]:
+    return current_app.extensions["mnist_cnn"]
+
+
+def decode_data_url(value: str) -> bytes:
+    """The bytes of a base64 ``data:`` URL (or of bare base64). Raises ``ApiError`` (400)."""
+    payload = value
+    if value[:5].lower() == "data:":
+        header, comma, payload = value.partition(",")
+        if not comma:
+            raise ApiError(400, "bad_data_url", "the data URL has no ',' before its data")
+        if not header.lower().endswith(";base64"):
+            raise ApiError(
+                400,
+                "bad_data_url",
+                "only base64 data URLs are accepted (data:image/png;base64,...)",
+            )
+    # Some encoders wrap base64 at 76 columns; whitespace is not data.
+    payload = "".join(payload.split())
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "bad_base64", f"the image is not valid base64 ({exc})") from exc
+    if not data:
+        raise ApiError(400, "empty_image", "the image is empty")
+    return data
+
+
+def read_image(req: Request) -> tuple[bytes, str]:
+    """The uploaded image's bytes and where they came from ("upload", "data_url", "body").
+
+    Raises ``ApiError`` for a request that does not carry an image we can read; a body over
+    the size limit raises Werkzeug's ``RequestEntityTooLarge`` (413) when it is read.
+    """
+    mimetype = req.mimetype
+    if mimetype == "multipart/form-data" or mimetype == "application/x-www-form-urlencoded":
+        upload = req.files.get("image")
+        if upload is not None:
+            data = upload.read()
+            if not data:
+                raise ApiError(400, "empty_image", "the uploaded file is empty")
+            return data, "upload"
+        text = req.form.get("image")
+        if text is not None:
+            return decode_data_url(text), "data_url"
+        raise ApiError(
+            400, "missing_image", "the form has no field 'image'; send the file as 'image'"
+        )
+    if req.is_json:
+        payload = req.get_json(silent=True)
+        if payload is None:
+            raise ApiError(400, "malformed_json", "the body is not valid JSON")
+        if not isinstance(payload, dict) or "image" not in payload:
+            raise ApiError(
+                400,
+                "missing_image",
+                'the JSON body has no "image"; send {"image": "data:image/png;base64,..."}',
+            )
+        value = payload["image"]
+        if not isinstance(value, str):
+            raise ApiError(400, "bad_data_url", '"image" must be a string: a data URL or base64')
+        return decode_data_url(value), "data_url"
+    if mimetype.startswith("image/") or mimetype in RAW_IMAGE_TYPES:
+        data = req.get_data(cache=False)
+        if not data:
+            raise ApiError(400, "missing_image", "the request body is empty")
+        return data, "body"
+    if not mimetype and not req.content_length:
+        raise ApiError(
+            400,
+            "missing_image",
+            "no image: send a multipart file field 'image', JSON "
+            '{"image": "data:image/png;base64,..."} or the image bytes',
+        )
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"cannot read a body of type {mimetype or 'unknown'}; send multipart/form-data with a "
+        f"file field 'image', application/json with a data URL, or image/* bytes",
+    )
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """A uint8 grayscale image as a PNG ``data:`` URL."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def model_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """What each prediction says about the model that made it (from ``model_info``)."""
+    keys = ("architecture", "file", "backend", "test_accuracy")
+    return {key: info.get(key) for key in keys}
+
+
+@bp.post("/predict")
+def predict() -> dict[str, Any]:
+    """Classify one image; see the module docstring for the accepted forms."""
+    started = time.perf_counter()
+    state = _state()
+    data, source = read_image(request)
+    prediction = state["predictor"].predict(data)
+    body = prediction.to_dict()
+    body["input_28x28"] = png_data_url(prediction.model_input)
+    body["model"] = state["model_summary"]
+    body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    if state["config"].log_predictions:
+        top3 = ",".join(f"{d}:{p:.4f}" for d, p in prediction.top3)
+        log.info(
+            "prediction digit=%d confidence=%.4f top3=%s elapsed_ms=%.1f source=%s model=%s",
+            prediction.digit,
+            prediction.confidence,
+            top3,
+            body["elapsed_ms"],
+            source,
+            state["model_summary"]["file"],
+        )
+    return body
+
+
+@bp.get("/health")
+def health() -> dict[str, Any]:
+    """Liveness and readiness: the app only exists once its model is loaded."""
+    state = _state()
+    return {
+        "status": "ok",
+        "model": state["model_summary"]["file"],
+        "version": state["version"],
+        "uptime_s": round(time.time() - state["started"], 1),
+    }
+
+
+@bp.get("/model")
+def model() -> dict[str, Any]:
+    """The checkpoint's metadata and test accuracy."""
+    return _state()["model_info"]

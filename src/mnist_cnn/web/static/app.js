@@ -1,0 +1,404 @@
+// mnist-cnn web page: a drawing pad and an upload area that send images to POST /api/predict,
+// and a result panel that shows what the model thinks. Plain JavaScript, no dependencies,
+// nothing loaded from another origin.
+"use strict";
+
+(() => {
+  const MAX_UPLOAD_BYTES = Number(document.body.dataset.maxUploadBytes) || 10 * 1024 * 1024;
+  // While a stroke goes on, ask the server at most this often (and once the pen pauses):
+  // fast enough to feel live, slow enough not to queue requests behind each other.
+  const DEBOUNCE_MS = 180;
+  const MAX_WAIT_MS = 500;
+  // Stroke width on the 280x280 pad: a digit drawn to fill the pad then has strokes about
+  // as thick, relative to its size, as MNIST's. The preprocessing adjusts the rest.
+  const PEN_WIDTH = 20;
+
+  const $ = (id) => document.getElementById(id);
+  const pad = $("pad");
+  const ctx = pad.getContext("2d");
+  const padHint = $("pad-hint");
+  const undoButton = $("undo");
+  const invertButton = $("invert");
+  const clearButton = $("clear");
+  const predictButton = $("predict");
+  const fileInput = $("file");
+  const dropzone = $("dropzone");
+  const preview = $("preview");
+  const resultCard = $("result-card");
+  const digitEl = $("digit");
+  const confidenceEl = $("confidence");
+  const runnerUpEl = $("runner-up");
+  const modelInput = $("model-input");
+  const modelInputEmpty = $("model-input-empty");
+  const messageEl = $("message");
+  const announceEl = $("announce");
+  const metaEl = $("meta");
+  const bars = Array.from(document.querySelectorAll("#bars .bar"));
+  const tabs = Array.from(document.querySelectorAll('[role="tab"]'));
+  const defaultMeta = metaEl.textContent;
+
+  const percent = (p) => {
+    const v = 100 * p;
+    if (v >= 99.95 || v === 0) return `${v.toFixed(0)}%`;
+    if (v < 0.1) return "<0.1%";
+    return `${v.toFixed(1)}%`;
+  };
+
+  // ------------------------------------------------------------------ result panel
+
+  function resetResult(text = "Draw or upload one to begin.") {
+    digitEl.textContent = "?";
+    digitEl.classList.add("empty");
+    confidenceEl.textContent = "No digit yet";
+    runnerUpEl.textContent = text;
+    modelInput.hidden = true;
+    modelInput.removeAttribute("src");
+    modelInput.alt = "";
+    modelInputEmpty.hidden = false;
+    for (const bar of bars) {
+      bar.classList.remove("top");
+      bar.querySelector(".bar-fill").style.width = "0";
+      bar.querySelector(".bar-value").textContent = "–";
+    }
+    metaEl.textContent = defaultMeta;
+    hideMessage();
+  }
+
+  function showPrediction(data, { announce }) {
+    hideMessage();
+    digitEl.textContent = String(data.digit);
+    digitEl.classList.remove("empty");
+    confidenceEl.textContent = `${percent(data.confidence)} sure`;
+    const others = data.top3.slice(1).map((t) => `${t.digit} (${percent(t.probability)})`);
+    runnerUpEl.textContent = others.length ? `Next: ${others.join(", ")}` : "";
+    modelInput.src = data.input_28x28;
+    modelInput.alt = `The 28 by 28 pixel image the model saw, showing the digit as it classified it`;
+    modelInput.hidden = false;
+    modelInputEmpty.hidden = true;
+    data.probabilities.forEach((p, d) => {
+      const bar = bars[d];
+      bar.classList.toggle("top", d === data.digit);
+      bar.querySelector(".bar-fill").style.width = `${(100 * p).toFixed(2)}%`;
+      bar.querySelector(".bar-value").textContent = percent(p);
+    });
+    const model = data.model || {};
+    metaEl.textContent = `${model.architecture || "model"} · ${model.file || ""} · answered in ${data.elapsed_ms} ms`;
+    if (data.confidence < 0.6) {
+      showMessage(
+        "The model is unsure about this one.",
+        "Try a larger, clearer digit, centred, with nothing else in the picture.",
+        "warn",
+      );
+    }
+    if (announce) {
+      announceEl.textContent = `The model thinks this is a ${data.digit}, ${percent(data.confidence)} sure.`;
+    }
+  }
+
+  // What people should read for each error code the API returns; the server's own
+  // message follows as the detail.
+  const FRIENDLY = {
+    no_digit: {
+      canvas: "The drawing is empty or too small: draw a digit, large and centred.",
+      upload: "No digit found in this image. Try a photo of a single digit, dark on light paper or light on dark.",
+    },
+    unsupported_image: "This file is not an image the server can read. Use a PNG, JPEG, GIF, BMP, WebP or TIFF.",
+    unsupported_media_type: "This file is not an image the server can read. Use a PNG, JPEG, GIF, BMP, WebP or TIFF.",
+    image_too_large: "This image has too many pixels. Scale it down and try again.",
+    too_large: "This file is too large to upload.",
+    network: "The server could not be reached. Is it still running?",
+  };
+
+  function showError(error, source) {
+    const entry = FRIENDLY[error.code];
+    const text = (entry && typeof entry === "object" ? entry[source] : entry) || "Something went wrong.";
+    showMessage(text, error.message || "", "error");
+    announceEl.textContent = text;
+  }
+
+  function showMessage(text, detail, kind) {
+    messageEl.replaceChildren(document.createTextNode(text));
+    if (detail && detail !== text) {
+      const span = document.createElement("span");
+      span.className = "detail";
+      span.textContent = detail.charAt(0).toUpperCase() + detail.slice(1);
+      messageEl.append(span);
+    }
+    messageEl.classList.toggle("warn", kind === "warn");
+    // An error alerts screen readers (role="alert"); a warning about a result is status.
+    messageEl.setAttribute("role", kind === "warn" ? "status" : "alert");
+    messageEl.hidden = false;
+  }
+
+  function hideMessage() {
+    messageEl.hidden = true;
+    messageEl.replaceChildren();
+  }
+
+  // ------------------------------------------------------------------ talking to the API
+
+  let inflight = null; // the AbortController of the request in flight
+  let sequence = 0; // answers to older requests are ignored
+
+  async function predict(body, headers, source, { announce = true } = {}) {
+    if (inflight) inflight.abort();
+    const controller = new AbortController();
+    inflight = controller;
+    const mine = ++sequence;
+    resultCard.setAttribute("aria-busy", "true");
+    try {
+      const response = await fetch("/api/predict", {
+        method: "POST",
+        body,
+        headers,
+        signal: controller.signal,
+      });
+      let data = null;
+      try {
+        data = await response.json();
+      } catch {
+        data = null; // a proxy's HTML error page, say
+      }
+      if (mine !== sequence) return;
+      if (response.ok && data) {
+        showPrediction(data, { announce });
+      } else {
+        const error = (data && data.error) || {
+          code: response.status === 413 ? "too_large" : `http_${response.status}`,
+          message: `The server answered ${response.status} ${response.statusText}.`,
+        };
+        resetResult(source === "canvas" ? "Keep drawing." : "Try another image.");
+        showError(error, source);
+      }
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      if (mine === sequence) showError({ code: "network", message: String(err.message || err) }, source);
+    } finally {
+      if (mine === sequence) {
+        resultCard.removeAttribute("aria-busy");
+        inflight = null;
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ drawing pad
+
+  const strokes = []; // each stroke: an array of [x, y] in pad pixels
+  let current = null; // the stroke being drawn
+  let inverted = false; // false: white ink on black (as MNIST), true: black on white
+  let debounceTimer = 0;
+  let maxWaitTimer = 0;
+
+  const ink = () => (inverted ? "#000" : "#fff");
+  const paper = () => (inverted ? "#fff" : "#000");
+
+  function paint() {
+    ctx.fillStyle = paper();
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    for (const stroke of strokes) drawStroke(stroke);
+    padHint.hidden = strokes.length > 0;
+    padHint.classList.toggle("dark", inverted);
+    pad.classList.toggle("inverted", inverted);
+    undoButton.disabled = strokes.length === 0;
+  }
+
+  function drawStroke(points, from = 0) {
+    ctx.strokeStyle = ink();
+    ctx.fillStyle = ink();
+    ctx.lineWidth = PEN_WIDTH;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    if (points.length === 1) {
+      ctx.beginPath();
+      ctx.arc(points[0][0], points[0][1], PEN_WIDTH / 2, 0, 2 * Math.PI);
+      ctx.fill();
+      return;
+    }
+    ctx.beginPath();
+    const start = Math.max(0, from - 1);
+    ctx.moveTo(points[start][0], points[start][1]);
+    for (let i = start + 1; i < points.length; i++) ctx.lineTo(points[i][0], points[i][1]);
+    ctx.stroke();
+  }
+
+  function padPoint(event) {
+    // The pad is 280x280 pixels inside, whatever size CSS gives it on screen.
+    const rect = pad.getBoundingClientRect();
+    return [
+      ((event.clientX - rect.left) * pad.width) / rect.width,
+      ((event.clientY - rect.top) * pad.height) / rect.height,
+    ];
+  }
+
+  function sendPad({ announce, evenIfEmpty = false }) {
+    clearTimeout(debounceTimer);
+    clearTimeout(maxWaitTimer);
+    debounceTimer = maxWaitTimer = 0;
+    // Updates while drawing skip an empty pad; the Predict button sends it anyway, and the
+    // server's answer (422 no_digit) becomes the message that asks for a digit.
+    if (strokes.length === 0 && !evenIfEmpty) return;
+    const body = JSON.stringify({ image: pad.toDataURL("image/png") });
+    predict(body, { "Content-Type": "application/json" }, "canvas", { announce });
+  }
+
+  function schedulePad() {
+    clearTimeout(debounceTimer);
+    debounceTimer = setTimeout(() => sendPad({ announce: false }), DEBOUNCE_MS);
+    if (!maxWaitTimer) maxWaitTimer = setTimeout(() => sendPad({ announce: false }), MAX_WAIT_MS);
+  }
+
+  pad.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0 && event.pointerType === "mouse") return;
+    event.preventDefault();
+    pad.setPointerCapture(event.pointerId);
+    current = [padPoint(event)];
+    strokes.push(current);
+    paint();
+  });
+
+  pad.addEventListener("pointermove", (event) => {
+    if (!current) return;
+    // Coalesced events carry every sample of a fast stroke, not one per frame.
+    const samples = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    const from = current.length;
+    for (const e of samples.length ? samples : [event]) current.push(padPoint(e));
+    drawStroke(current, from);
+    schedulePad();
+  });
+
+  function endStroke() {
+    if (!current) return;
+    current = null;
+    sendPad({ announce: true });
+  }
+
+  pad.addEventListener("pointerup", endStroke);
+  pad.addEventListener("pointercancel", endStroke);
+  pad.addEventListener("keydown", (event) => {
+    if (event.key === "Delete" || event.key === "Backspace" || event.key === "Escape") {
+      event.preventDefault();
+      clearPad();
+    } else if (event.key === "Enter") {
+      event.preventDefault();
+      sendPad({ announce: true, evenIfEmpty: true });
+    } else if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") {
+      event.preventDefault();
+      undo();
+    }
+  });
+
+  function clearPad() {
+    strokes.length = 0;
+    current = null;
+    if (inflight) inflight.abort();
+    sequence++;
+    resultCard.removeAttribute("aria-busy");
+    paint();
+    resetResult();
+    announceEl.textContent = "The drawing area is clear.";
+  }
+
+  function undo() {
+    strokes.pop();
+    paint();
+    if (strokes.length) sendPad({ announce: true });
+    else clearPad();
+  }
+
+  clearButton.addEventListener("click", clearPad);
+  predictButton.addEventListener("click", () => sendPad({ announce: true, evenIfEmpty: true }));
+  undoButton.addEventListener("click", undo);
+  invertButton.addEventListener("click", () => {
+    inverted = !inverted;
+    invertButton.setAttribute("aria-pressed", String(inverted));
+    paint();
+    if (strokes.length) sendPad({ announce: true });
+  });
+
+  // ------------------------------------------------------------------ upload
+
+  let previewUrl = null;
+
+  function sendFile(file) {
+    if (!file) return;
+    selectTab(tabs[1], { focus: false });
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    preview.src = previewUrl;
+    preview.alt = `Your image: ${file.name || "pasted image"}`;
+    preview.hidden = false;
+    if (file.size > MAX_UPLOAD_BYTES) {
+      // No point in sending what the server will refuse.
+      resetResult("Try another image.");
+      const mb = (MAX_UPLOAD_BYTES / 1048576).toFixed(0);
+      showError({ code: "too_large", message: `The file is ${(file.size / 1048576).toFixed(1)} MB; the limit is ${mb} MB.` }, "upload");
+      return;
+    }
+    const form = new FormData();
+    form.append("image", file, file.name || "image");
+    predict(form, {}, "upload");
+  }
+
+  // A browser cannot show every format the server reads (TIFF): hide the broken preview.
+  preview.addEventListener("error", () => {
+    preview.hidden = true;
+  });
+
+  fileInput.addEventListener("change", () => {
+    sendFile(fileInput.files[0]);
+    // Choosing the same file again must fire "change" again.
+    fileInput.value = "";
+  });
+
+  for (const type of ["dragenter", "dragover"]) {
+    dropzone.addEventListener(type, (event) => {
+      event.preventDefault();
+      dropzone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "dragend", "drop"]) {
+    dropzone.addEventListener(type, () => dropzone.classList.remove("dragging"));
+  }
+  // A file dropped anywhere on the page is an upload, not a navigation away from it.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropzone.classList.remove("dragging");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) sendFile(file);
+  });
+  window.addEventListener("paste", (event) => {
+    const file = Array.from(event.clipboardData?.files || []).find((f) => f.type.startsWith("image/"));
+    if (file) {
+      event.preventDefault();
+      sendFile(file);
+    }
+  });
+
+  // ------------------------------------------------------------------ tabs (ARIA pattern)
+
+  function selectTab(tab, { focus = true } = {}) {
+    for (const t of tabs) {
+      const selected = t === tab;
+      t.setAttribute("aria-selected", String(selected));
+      t.tabIndex = selected ? 0 : -1;
+      $(t.getAttribute("aria-controls")).hidden = !selected;
+    }
+    if (focus) tab.focus();
+  }
+
+  tabs.forEach((tab, i) => {
+    tab.addEventListener("click", () => selectTab(tab));
+    tab.addEventListener("keydown", (event) => {
+      const moves = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 };
+      if (event.key in moves) {
+        event.preventDefault();
+        selectTab(tabs[(moves[event.key] + tabs.length) % tabs.length]);
+      }
+    });
+  });
+
+  paint();
+  resetResult();
+  document.body.dataset.ready = "true"; // for tests: the page's script has run
+})();

@@ -1,0 +1,163 @@
+"""Helpers shared by the web tests: real images as files, and a real server process.
+
+The images are MNIST test digits (from the bundled data), rendered the ways people send them:
+a small PNG, a photo-like dark-on-light scan, a 280x280 canvas drawing as a data URL.
+``running_server`` starts ``mnist-cnn serve`` on a free loopback port, as a user would, and
+always stops it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import io
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """An image as PNG file bytes."""
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    buffer = io.BytesIO()
+    pil.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    """PNG bytes as a ``data:`` URL, as ``canvas.toDataURL()`` makes them."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def as_canvas(digit: np.ndarray, invert: bool = False, transparent: bool = False) -> bytes:
+    """A 28x28 MNIST digit drawn as the page's 280x280 canvas would send it (RGBA PNG).
+
+    ``invert``: black ink on white; ``transparent``: white ink on a transparent background.
+    """
+    big = Image.fromarray(np.asarray(digit, dtype=np.uint8)).resize(
+        (280, 280), Image.Resampling.BILINEAR
+    )
+    ink = np.asarray(big)
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)
+    if transparent:
+        rgba[..., :3] = 255
+        rgba[..., 3] = ink
+    else:
+        gray = 255 - ink if invert else ink
+        rgba[..., :3] = gray[..., None]
+        rgba[..., 3] = 255
+    return png_bytes(Image.fromarray(rgba, mode="RGBA"))
+
+
+def as_scan(digit: np.ndarray) -> bytes:
+    """A 28x28 MNIST digit as a dark-on-light 112x112 grayscale photo-like JPEG."""
+    big = Image.fromarray(255 - np.asarray(digit, dtype=np.uint8)).resize(
+        (112, 112), Image.Resampling.BICUBIC
+    )
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def sample_digits(images: np.ndarray, labels: np.ndarray, per_class: int) -> list[tuple[int, int]]:
+    """(index, label) of the first ``per_class`` test digits of each class."""
+    chosen: list[tuple[int, int]] = []
+    counts = dict.fromkeys(range(10), 0)
+    for i, label in enumerate(np.asarray(labels).tolist()):
+        if counts[label] < per_class:
+            counts[label] += 1
+            chosen.append((i, label))
+        if all(c == per_class for c in counts.values()):
+            break
+    return chosen
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``mnist-cnn serve`` process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request on a fresh connection: (status, headers, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def running_server(*options: str, startup_timeout: float = 90.0) -> Iterator[Server]:
+    """``mnist-cnn serve --host 127.0.0.1 --port <free> *options``; stopped on exit."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mnist_cnn", "serve", "--host", "127.0.0.1",
+                 "--port", str(port), *options],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        server = Server(process, port, log_path)
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited at start-up:\n{server.log()}")
+                try:
+                    if server.request("GET", "/api/health")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start in time:\n{server.log()}")
+                time.sleep(0.2)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

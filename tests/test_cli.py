@@ -1,0 +1,162 @@
+"""The command line: help shows defaults, errors are messages (not tracebacks), jobs run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_cnn.cli import main
+from mnist_cnn.model import MNISTCNN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mnist_cnn`` as a user would, in the repository."""
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_cnn", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_module_entry_point_lists_commands() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("train", "evaluate", "download"):
+        assert command in proc.stdout
+
+
+def test_train_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for fragment in (
+        "--epochs EPOCHS",
+        "(default: 12)",
+        "--lr LR",
+        "(default: 0.003)",
+        "--augment, --no-augment",
+        "--preset {default,fast,seed}",
+        "--resume",
+    ):
+        assert fragment in out
+
+
+def test_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--epochs", "many"])
+    assert exit_info.value.code == 2
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fly"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_evaluate_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("evaluate", "--model", str(tmp_path / "nope.pth"))
+    assert proc.returncode == 1
+    assert "nope.pth: checkpoint not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("train", "--data-dir", str(tmp_path), "--model-path", str(tmp_path / "m.pth"))
+    assert proc.returncode == 1
+    assert "file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_bad_device_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train",
+            "--device",
+            "cuda",
+            "--train-subset",
+            "100",
+            "--model-path",
+            str(tmp_path / "m.pth"),
+        ]
+    )
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert code == 1
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_evaluate_writes_report_for_a_seed_format_state_dict(tmp_path: Path) -> None:
+    # a plain state_dict with no metadata, as the seed saved it (untrained: ~10% accuracy)
+    path = tmp_path / "seed.pth"
+    torch.manual_seed(0)
+    torch.save(MNISTCNN().state_dict(), path)
+    proc = run_cli("evaluate", "--model", str(path), "--report-dir", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "rep" / "evaluation.json").read_text())
+    assert report["examples"] == 10_000
+    assert 0.0 < report["accuracy"] < 0.3
+    assert sum(map(sum, report["confusion_matrix"])) == 10_000
+    assert len(report["per_class"]) == 10 and len(report["worst_mistakes"]) == 25
+    for png in ("confusion_matrix.png", "misclassified.png"):
+        assert (tmp_path / "rep" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_cli_fast_run_end_to_end(tmp_path: Path) -> None:
+    proc = run_cli(
+        "train",
+        "--preset",
+        "fast",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "2000",
+        "--model-path",
+        str(tmp_path / "m.pth"),
+        "--report-dir",
+        str(tmp_path / "r"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch  1/1" in proc.stdout and "test accuracy" in proc.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["training"]["train_subset"] == 2000
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    """A real SIGINT during training: exit 130, checkpoint kept, ``--resume`` completes."""
+    args = [
+        "train", "--preset", "fast", "--epochs", "6", "--train-subset", "8000",
+        "--threads", "1", "--model-path", str(tmp_path / "m.pth"), "--report-dir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_cnn", *args], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch  1/6"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in out and "Traceback" not in err
+    assert (tmp_path / "m.ckpt").is_file() and not (tmp_path / "m.pth").exists()
+
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "epoch  6/6" in resumed.stdout
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4, 5, 6]

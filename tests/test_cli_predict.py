@@ -1,0 +1,147 @@
+"""`mnist-cnn predict` on a folder that mixes good and bad files: every good file is still
+classified (correctly, by the shipped model), every bad one is reported with its reason,
+and the exit status says that something failed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _imaging import encode, font_digit, gray8, on_paper, with_exif_orientation
+from PIL import Image
+
+from mnist_cnn.cli import main
+
+GOOD = {  # relative path -> digit
+    "scans/three.png": 3,
+    "scans/nested/deeper/five.jpg": 5,
+    "photos/seven.jpg": 7,  # stored sideways with an EXIF orientation tag
+    "canvas/two.png": 2,  # transparent canvas
+    "canvas/eight.webp": 8,
+    "misnamed/four.gif": 4,  # really a PNG
+}
+BAD = {  # relative path -> error code
+    "broken/truncated.png": "unsupported_image",
+    "broken/text.jpg": "unsupported_image",
+    "broken/empty.png": "unsupported_image",
+    "blank/white.png": "no_digit",
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uploads")
+
+    def write(rel: str, data: bytes) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    paper = {d: gray8(on_paper(font_digit(d))) for d in range(10)}
+    write("scans/three.png", encode(paper[3], "PNG"))
+    write("scans/nested/deeper/five.jpg", encode(paper[5].convert("RGB"), "JPEG", quality=85))
+    write("photos/seven.jpg", with_exif_orientation(paper[7], 6))
+    rgba = np.zeros((240, 240, 4), np.uint8)
+    rgba[..., 3] = np.round(font_digit(2) * 255).astype(np.uint8)
+    write("canvas/two.png", encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    write("canvas/eight.webp", encode(gray8(font_digit(8)).convert("RGB"), "WEBP", quality=90))
+    write("misnamed/four.gif", encode(paper[4], "PNG"))
+    good_png = encode(paper[1], "PNG")
+    write("broken/truncated.png", good_png[: len(good_png) // 3])
+    write("broken/text.jpg", b"this is not a photo\n")
+    write("broken/empty.png", b"")
+    write("blank/white.png", encode(Image.new("L", (100, 100), 255), "PNG"))
+    write("notes/readme.txt", b"not an image, and not named like one: skipped")
+    write(".hidden/one.png", good_png)  # hidden folders are skipped
+    return root
+
+
+def test_folder_with_good_and_bad_files(folder: Path, capsys) -> None:
+    status = main(["predict", str(folder)])
+    captured = capsys.readouterr()
+    assert status == 1  # some files failed
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == len(GOOD)
+    for line in lines:
+        path, rest = line.split(": ", 1)
+        rel = Path(path).relative_to(folder).as_posix()
+        assert rest.split()[0] == str(GOOD[rel]), line
+        assert "top 3:" in rest
+    for rel in BAD:
+        assert str(folder / rel) in captured.err
+    assert "readme.txt" not in captured.out + captured.err
+    assert ".hidden" not in captured.out + captured.err
+    assert f"{len(GOOD)} predicted, {len(BAD)} failed" in captured.err
+
+
+def test_json_output(folder: Path, capsys) -> None:
+    status = main(["predict", str(folder), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert document["predicted"] == len(GOOD) and document["failed"] == len(BAD)
+    assert document["model"]["backend"] == "torch"
+    results = {Path(r["path"]).relative_to(folder).as_posix(): r for r in document["results"]}
+    assert set(results) == set(GOOD) | set(BAD)
+    paths = [r["path"] for r in document["results"]]
+    assert paths == sorted(paths, key=lambda p: Path(p).relative_to(folder).parts)
+    for rel, digit in GOOD.items():
+        r = results[rel]
+        assert r["digit"] == digit and r["top3"][0]["digit"] == digit
+        assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
+    for rel, code in BAD.items():
+        assert results[rel]["error"]["code"] == code
+        assert results[rel]["error"]["message"]
+
+
+def test_save_inputs(folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "inputs"
+    main(
+        [
+            "predict",
+            str(folder / "scans"),
+            str(folder / "photos"),
+            "--save-inputs",
+            str(out),
+            "--json",
+        ]
+    )
+    document = json.loads(capsys.readouterr().out)
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["nested/deeper/five.png", "seven.png", "three.png"]
+    for r in document["results"]:
+        image = np.asarray(Image.open(r["model_input"]))
+        assert image.shape == (28, 28) and image.dtype == np.uint8
+        assert image.max() == 255 and image[0, 0] == 0  # white digit on black
+
+
+def test_all_good_files_exit_zero(folder: Path, capsys) -> None:
+    assert main(["predict", str(folder / "scans"), str(folder / "canvas")]) == 0
+    assert "4 predicted, 0 failed" in capsys.readouterr().err
+
+
+def test_missing_file_is_reported_and_the_rest_processed(folder: Path, capsys) -> None:
+    status = main(["predict", str(folder / "nope.png"), str(folder / "scans" / "three.png")])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "nope.png" in captured.err and "No such file" in captured.err
+    assert "three.png: 3" in captured.out
+
+
+def test_bad_checkpoint_and_empty_folder(folder: Path, tmp_path: Path, capsys) -> None:
+    assert main(["predict", str(folder), "--model", str(tmp_path / "missing.pth")]) == 1
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty")]) == 1
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_small_batches_give_the_same_answers(folder: Path, capsys) -> None:
+    main(["predict", str(folder), "--json"])
+    whole = json.loads(capsys.readouterr().out)
+    main(["predict", str(folder), "--json", "--batch-size", "2"])
+    batched = json.loads(capsys.readouterr().out)
+    assert [r.get("digit") for r in whole["results"]] == [
+        r.get("digit") for r in batched["results"]
+    ]

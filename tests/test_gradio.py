@@ -1,0 +1,265 @@
+"""The Gradio interface: served on a loopback port and called with gradio_client, as a
+browser's page would call it; its function called directly; the `mnist-cnn gradio` command.
+
+Gradio runs offline here: analytics are off (``analytics_enabled=False``), no share link is
+ever asked for, and the default theme's fonts are served by Gradio itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio_client  # the gradio extra: `make test` installs it, so no skip without it
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_cnn import cli, gradio_app
+from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, load_model
+from mnist_cnn.data import Split
+from mnist_cnn.evaluate import evaluate
+from mnist_cnn.predict import Predictor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# "Clear" digits: ones the shipped model reads right with at least this probability from the
+# raw MNIST pixels. Trained with label smoothing 0.1, it rarely goes above 0.98; 80% of the
+# test set passes 0.9.
+CLEAR = 0.9
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.from_checkpoint(SHIPPED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def clear_digits(test_split: Split, tmp_path_factory: pytest.TempPathFactory) -> list:
+    """Two test digits of each class that the shipped model gets right with >= 90%
+    confidence on the raw MNIST pixels: (PNG path, label, uint8 28x28 pixels)."""
+    loaded = load_model(SHIPPED_MODEL)
+    result = evaluate(loaded.model, test_split, loaded.mean, loaded.std)
+    confidence = result.probabilities.max(1).values
+    clear = (result.predictions == result.labels) & (confidence >= CLEAR)
+    out_dir = tmp_path_factory.mktemp("digits")
+    digits = []
+    for label in range(10):
+        for i in torch.nonzero(clear & (test_split.labels == label)).flatten()[:2].tolist():
+            pixels = test_split.images[i].numpy()
+            path = out_dir / f"test{i:05d}_label{label}.png"
+            Image.fromarray(pixels).save(path)
+            digits.append((path, label, pixels))
+    assert len(digits) == 20
+    return digits
+
+
+def _as_drawing(pixels: np.ndarray, path: Path) -> Path:
+    """What the sketchpad sends for a digit: black ink on a transparent 280x280 canvas."""
+    ink = np.asarray(Image.fromarray(pixels).resize((280, 280), Image.BILINEAR))
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)
+    rgba[:, :, 3] = ink  # colour black, opacity from the ink
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(predictor: Predictor) -> Iterator[str]:
+    demo = gradio_app.build_interface(predictor)
+    url = gradio_app.launch(demo, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> gradio_client.Client:
+    return gradio_client.Client(server, verbose=False)
+
+
+def _editor(path: Path | None) -> dict:
+    image = gradio_client.handle_file(str(path)) if path else None
+    return {"background": None, "layers": [], "composite": image}
+
+
+# --------------------------------------------------------------------------- served
+
+
+def test_the_server_listens_on_loopback_only(server: str) -> None:
+    assert server.startswith("http://127.0.0.1:")
+
+
+def test_uploads_of_real_digits_are_read_correctly(
+    client: gradio_client.Client, clear_digits: list, predictor: Predictor
+) -> None:
+    for path, label, _ in clear_digits:
+        scores, shown, message = client.predict(
+            gradio_client.handle_file(str(path)), api_name="/classify_upload"
+        )
+        assert scores["label"] == str(label), f"{path.name} read as {scores['label']}"
+        top = scores["confidences"]
+        assert len(top) == gradio_app.TOP_CLASSES
+        assert top[0]["label"] == str(label) and top[0]["confidence"] >= 0.5
+        assert message.startswith(f"**{label}**")
+        # The image shown is the model's input, each pixel an exact 8x8 square.
+        image = np.asarray(Image.open(shown).convert("L"))
+        scale = gradio_app.DISPLAY_SCALE
+        assert image.shape == (28 * scale, 28 * scale)
+        np.testing.assert_array_equal(image[::scale, ::scale], predictor.predict(path).model_input)
+
+
+def test_drawings_of_real_digits_are_read_correctly(
+    client: gradio_client.Client, clear_digits: list, tmp_path: Path
+) -> None:
+    for path, label, pixels in clear_digits[::2]:  # one of each class
+        drawing = _as_drawing(pixels, tmp_path / f"drawn_{path.name}")
+        scores, _, _ = client.predict(_editor(drawing), api_name="/classify_drawing")
+        assert scores["label"] == str(label), f"the drawn {label} read as {scores['label']}"
+
+
+def test_an_empty_canvas_gets_a_message_not_an_error(
+    client: gradio_client.Client, tmp_path: Path
+) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("RGBA", (280, 280), (0, 0, 0, 0)).save(blank)
+    for value in (_editor(blank), _editor(None)):
+        scores, shown, message = client.predict(value, api_name="/classify_drawing")
+        assert not scores.get("label") and shown is None
+        assert gradio_app.EMPTY_MESSAGE in message
+
+
+def test_a_file_that_is_not_an_image_gets_a_message_not_an_error(
+    client: gradio_client.Client, tmp_path: Path
+) -> None:
+    fake = tmp_path / "digit.png"
+    fake.write_bytes(b"%PDF-1.4 this is not a PNG")
+    scores, shown, message = client.predict(
+        gradio_client.handle_file(str(fake)), api_name="/classify_upload"
+    )
+    assert not scores.get("label") and shown is None
+    assert message.startswith("This image cannot be used:") and "supported format" in message
+
+
+# --------------------------------------------------------------------------- the function
+
+
+def test_classify_takes_what_the_predictor_takes(predictor: Predictor, clear_digits: list) -> None:
+    path, label, pixels = clear_digits[0]
+    reference = predictor.predict(path)
+    for image in (path, str(path), path.read_bytes(), Image.open(path), pixels):
+        scores, model_input, message = gradio_app.classify(predictor, image)
+        assert max(scores, key=scores.get) == str(label)
+        assert sorted(scores) == [str(d) for d in range(10)]
+        assert sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
+        assert scores[str(label)] == pytest.approx(reference.confidence, abs=1e-6)
+        np.testing.assert_array_equal(model_input, reference.model_input)
+        assert model_input.shape == (28, 28) and model_input.dtype == np.uint8
+        assert message.startswith(f"**{label}**")
+    _, big, _ = gradio_app.classify(predictor, path, scale=3)
+    np.testing.assert_array_equal(big, np.kron(reference.model_input, np.ones((3, 3), np.uint8)))
+
+
+def test_classify_explains_instead_of_raising(predictor: Predictor, tmp_path: Path) -> None:
+    cases = {
+        "nothing": (None, gradio_app.EMPTY_MESSAGE),
+        "white": (np.full((200, 200), 255, np.uint8), "No digit found"),
+        "garbage": (b"\x00\x01 definitely not an image", "This image cannot be used"),
+        "huge": (np.zeros((8000, 8000), bool), "This image cannot be used"),
+        "missing": (str(tmp_path / "gone.png"), "This file cannot be read"),
+    }
+    for what, (image, expected) in cases.items():
+        scores, model_input, message = gradio_app.classify(predictor, image)
+        assert scores is None and model_input is None, what
+        assert message.startswith(expected), f"{what}: {message}"
+
+
+def test_importing_the_package_does_not_import_gradio() -> None:
+    code = (
+        "import sys, mnist_cnn, mnist_cnn.cli, mnist_cnn.predict, mnist_cnn.gradio_app\n"
+        "mnist_cnn.cli.build_parser()\n"
+        "assert 'gradio' not in sys.modules, 'gradio was imported'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+# --------------------------------------------------------------------------- finding the model
+
+
+def test_find_model(tmp_path: Path) -> None:
+    weights = tmp_path / "input" / "my-training-notebook" / "models" / gradio_app.MODEL_FILENAME
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    assert gradio_app.find_model(weights) == weights
+    assert gradio_app.find_model(candidates=[], search_roots=[tmp_path / "input"]) == weights
+    local = tmp_path / "models" / gradio_app.MODEL_FILENAME
+    local.parent.mkdir()
+    local.write_bytes(b"weights")
+    found = gradio_app.find_model(candidates=[local], search_roots=[tmp_path / "input"])
+    assert found == local  # the candidates come first
+    with pytest.raises(CheckpointError, match="not found"):
+        gradio_app.find_model(tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match=r"no model found in: .*empty/\*\*/mnist_cnn_model"):
+        gradio_app.find_model(candidates=[tmp_path / "x.pth"], search_roots=[tmp_path / "empty"])
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_gradio_command_errors_are_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    assert cli.main(["gradio", "--model", str(tmp_path / "missing.pth")]) == cli.EXIT_FAILED
+    assert "missing.pth: checkpoint not found" in capsys.readouterr().err
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the extra were not installed
+    assert cli.main(["gradio"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert 'pip install ".[gradio]"' in err and "Traceback" not in err
+
+
+def test_gradio_command_serves_the_interface(clear_digits: list) -> None:
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "mnist_cnn", "gradio", "--port", str(port)]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "the server did not start in 120 s"
+                time.sleep(0.5)
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        path, label, _ = clear_digits[-1]
+        scores, _, _ = client.predict(
+            gradio_client.handle_file(str(path)), api_name="/classify_upload"
+        )
+        assert scores["label"] == str(label)
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert f"model: {SHIPPED_MODEL}" in output
+
+    # The same port again, while something holds it: a clear error, not a traceback.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == cli.EXIT_FAILED
+    assert "mnist-cnn: error:" in run.stderr and "Traceback" not in run.stderr

@@ -1,0 +1,279 @@
+"""The Predictor: every checkpoint failure is a clear CheckpointError (a pickle that would run
+code included), the API's shapes and batching, and real accuracy on uploads."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _imaging import encode, font_digit, gray8, on_paper, seven
+
+from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, save_model
+from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN, FastCNN
+from mnist_cnn.predict import Prediction, Predictor
+from mnist_cnn.preprocess import NoDigitError, UnsupportedImageError
+
+
+def _save(model: torch.nn.Module, path: Path, architecture: str) -> Path:
+    save_model(
+        model,
+        path,
+        {
+            "architecture": architecture,
+            "input": {"mean": MNIST_MEAN, "std": MNIST_STD},
+            "metrics": {"test_accuracy": 0.5},
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return _save(MNISTCNN(), tmp_path_factory.mktemp("ckpt") / "random.pth", "MNISTCNN")
+
+
+@pytest.fixture(scope="module")
+def predictor(random_weights: Path) -> Predictor:
+    return Predictor.from_checkpoint(random_weights)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Predictor:
+    return Predictor.from_checkpoint()
+
+
+PAPER_SEVEN = encode(gray8(on_paper(seven())), "PNG")
+
+
+# --------------------------------------------------------------------------- checkpoint failures
+
+
+class RunsCode:
+    """A pickle payload that creates ``marker`` when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    # The payload is live: plain unpickling runs it.
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(RunsCode(proof)))
+    assert proof.exists()
+
+    for name, write in {
+        "torch.save": lambda p: torch.save({"conv1.weight": RunsCode(marker)}, p),
+        "plain pickle": lambda p: p.write_bytes(pickle.dumps(RunsCode(marker))),
+    }.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.pth"
+        write(path)
+        with pytest.raises(CheckpointError, match="refused|not a readable") as info:
+            Predictor.from_checkpoint(path)
+        assert str(path) in str(info.value), name
+        assert not marker.exists(), f"{name}: the pickle ran code"
+
+
+def _truncated(random_weights: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "truncated.pth"
+    data = random_weights.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _corrupt(random_weights: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "corrupt.pth"
+    path.write_bytes(np.random.default_rng(0).bytes(random_weights.stat().st_size))
+    return path
+
+
+def _empty(random_weights: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    return path
+
+
+def _missing(random_weights: Path, tmp_path: Path) -> Path:
+    return tmp_path / "missing.pth"
+
+
+def _other_architecture(random_weights: Path, tmp_path: Path) -> Path:
+    # FastCNN weights whose metadata claims the seed CNN.
+    return _save(FastCNN(), tmp_path / "fast_as_seed.pth", "MNISTCNN").with_suffix(".pth")
+
+
+def _wrong_shapes(random_weights: Path, tmp_path: Path) -> Path:
+    # The seed's keys, but a 256-unit hidden layer: same names, other shapes.
+    state = MNISTCNN().state_dict()
+    state["fc1.weight"] = torch.zeros(256, 3136)
+    state["fc1.bias"] = torch.zeros(256)
+    state["fc2.weight"] = torch.zeros(10, 256)
+    path = tmp_path / "wide.pth"
+    torch.save(state, path)
+    return path
+
+
+def _not_a_state_dict(random_weights: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(3)], path)
+    return path
+
+
+def _bad_metadata(random_weights: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "meta.pth"
+    path.write_bytes(random_weights.read_bytes())
+    path.with_suffix(".json").write_text("{not json")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (_missing, "not found"),
+        (_empty, "empty"),
+        (_truncated, "truncated or corrupt"),
+        (_corrupt, "truncated or corrupt"),
+        (_other_architecture, "do not fit"),
+        (_wrong_shapes, "do not fit"),
+        (_not_a_state_dict, "expected a state_dict"),
+        (_bad_metadata, "not valid JSON"),
+    ],
+)
+def test_checkpoint_failures(make, words: str, random_weights: Path, tmp_path: Path) -> None:
+    path = make(random_weights, tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        Predictor.from_checkpoint(path)
+    message = str(info.value)
+    assert words in message
+    assert path.name in message  # which file
+    assert message.endswith((".", "?"))  # a sentence, usually with what to do
+
+
+def test_onnx_file_needs_the_onnx_backend(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"whatever")
+    with pytest.raises(CheckpointError, match="backend='onnx'"):
+        Predictor.from_checkpoint(path)
+
+
+def test_unknown_backend(random_weights: Path) -> None:
+    with pytest.raises(ValueError, match="backend"):
+        Predictor.from_checkpoint(random_weights, backend="tensorflow")
+
+
+def test_default_is_the_shipped_model(shipped: Predictor) -> None:
+    assert Path(shipped.info["path"]) == SHIPPED_MODEL
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def test_prediction_fields(predictor: Predictor) -> None:
+    p = predictor.predict(PAPER_SEVEN)
+    assert isinstance(p, Prediction)
+    assert len(p.probabilities) == 10 and abs(sum(p.probabilities) - 1) < 1e-9
+    assert p.digit == int(np.argmax(p.probabilities))
+    assert p.confidence == max(p.probabilities)
+    assert len(p.top3) == 3 and p.top3[0] == (p.digit, p.confidence)
+    assert [q for _, q in p.top3] == sorted((q for _, q in p.top3), reverse=True)
+    assert p.model_input.shape == (28, 28) and p.model_input.dtype == np.uint8
+    assert np.array_equal(p.model_input, predictor.prepare(PAPER_SEVEN))
+    d = json.loads(json.dumps(p.to_dict()))
+    assert set(d) == {"digit", "confidence", "probabilities", "top3"}
+    assert d["digit"] == p.digit and len(d["probabilities"]) == 10
+    assert d["top3"][0] == {"digit": p.digit, "probability": round(p.confidence, 6)}
+
+
+def test_logits_match_the_model(predictor: Predictor, random_weights: Path) -> None:
+    model = MNISTCNN()
+    model.load_state_dict(torch.load(random_weights, weights_only=True))
+    model.eval()
+    p = predictor.predict(PAPER_SEVEN)
+    x = (torch.from_numpy(p.model_input).float() / 255 - MNIST_MEAN) / MNIST_STD
+    with torch.no_grad():
+        expected = torch.softmax(model(x[None, None]).double(), 1)[0]
+    assert np.allclose(p.probabilities, expected.numpy(), atol=1e-5)
+
+
+def test_every_kind_of_source(predictor: Predictor, tmp_path: Path) -> None:
+    path = tmp_path / "seven.png"
+    path.write_bytes(PAPER_SEVEN)
+    gray = on_paper(seven())
+    sources = [path, str(path), PAPER_SEVEN, gray8(gray), np.round(gray * 255).astype(np.uint8)]
+    inputs = [predictor.predict(s).model_input for s in sources]
+    for other in inputs[1:]:
+        assert np.array_equal(other, inputs[0])
+
+
+def test_predict_batch_is_one_forward_pass(predictor: Predictor) -> None:
+    images = [PAPER_SEVEN, encode(gray8(on_paper(font_digit(3))), "PNG"), gray8(font_digit(8))]
+    calls = []
+    forward = predictor._forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return forward(x)
+
+    predictor._forward = counting
+    try:
+        batch = predictor.predict_batch(images)
+    finally:
+        predictor._forward = forward
+    assert calls == [3]
+    singles = [predictor.predict(image) for image in images]
+    for b, s in zip(batch, singles, strict=True):
+        assert b.digit == s.digit
+        assert np.allclose(b.probabilities, s.probabilities, atol=1e-6)
+        assert np.array_equal(b.model_input, s.model_input)
+    assert predictor.predict_batch([]) == []
+
+
+def test_bad_images_raise_image_errors(predictor: Predictor) -> None:
+    with pytest.raises(UnsupportedImageError):
+        predictor.predict(b"not an image")
+    with pytest.raises(NoDigitError):
+        predictor.predict(np.ones((64, 64), np.uint8) * 255)
+    with pytest.raises(UnsupportedImageError):
+        predictor.predict_batch([PAPER_SEVEN, b"\x00" * 10])
+
+
+def test_info(predictor: Predictor, random_weights: Path) -> None:
+    info = predictor.info
+    assert info["architecture"] == "MNISTCNN"
+    assert info["path"] == str(random_weights)
+    assert info["parameters"] == sum(p.numel() for p in MNISTCNN().parameters())
+    assert info["test_accuracy"] == 0.5
+    assert info["backend"] == "torch"
+    info["backend"] = "changed"
+    assert predictor.info["backend"] == "torch"  # a copy
+
+
+# ------------------------------------------------------------ accuracy (shipped model)
+
+
+def test_shipped_model_reads_mnist_digits_as_photos(shipped: Predictor, test_split) -> None:
+    # MNIST test digits printed dark on light paper, enlarged, saved as JPEG.
+    digits = test_split.images[:300].numpy()
+    labels = test_split.labels[:300].numpy()
+    uploads = []
+    for d in digits:
+        big = np.asarray(gray8(d / 255).resize((140, 140)), np.float32) / 255
+        uploads.append(encode(gray8(on_paper(big)), "JPEG", quality=85))
+    predicted = np.array([p.digit for p in shipped.predict_batch(uploads)])
+    assert (predicted == labels).mean() >= 0.98
+
+
+def test_shipped_model_reads_printed_digits(shipped: Predictor) -> None:
+    uploads = [encode(gray8(on_paper(font_digit(d))), "PNG") for d in range(10)]
+    uploads += [gray8(font_digit(d, size=90, canvas=300)) for d in range(10)]  # white on black
+    predicted = [p.digit for p in shipped.predict_batch(uploads)]
+    assert predicted == list(range(10)) * 2

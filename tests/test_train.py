@@ -1,0 +1,118 @@
+"""Short real training runs: an accuracy floor, resumption, outputs, bad settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_cnn.checkpoint import load_model
+from mnist_cnn.train import TrainConfig, TrainingError, config_for, train
+
+REPO_DATA = str(Path(__file__).resolve().parents[1] / "data" / "mnist")
+
+
+def small_config(tmp_path: Path, **overrides: object) -> TrainConfig:
+    """A few thousand images and the fast network: a real run in seconds."""
+    settings = {
+        "train_subset": 3000,
+        "val_size": 1000,
+        "epochs": 2,
+        "threads": 2,
+        "data_dir": REPO_DATA,
+        "model_path": str(tmp_path / "model.pth"),
+        "report_dir": str(tmp_path / "reports"),
+        **overrides,
+    }
+    return config_for("fast", **settings)
+
+
+def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = train(small_config(tmp_path), log=lines.append)
+    assert not result.interrupted
+    assert result.test_accuracy is not None and result.test_accuracy > 0.93
+    assert len(lines) == 2 and "val loss" in lines[0]
+
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["architecture"] == "FastCNN"
+    assert meta["input"]["mean"] == 0.1307 and meta["input"]["std"] == 0.3081
+    assert meta["metrics"]["test_accuracy"] == pytest.approx(result.test_accuracy, abs=1e-6)
+    assert meta["dataset"]["train_examples"] == 3000 and meta["dataset"]["val_examples"] == 1000
+    assert meta["training"]["epochs"] == 2 and len(meta["history"]) == 2
+    assert len(meta["dataset"]["sha256"]) == 64
+    assert (tmp_path / "reports" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+    loaded = load_model(tmp_path / "model.pth")
+    assert loaded.architecture == "FastCNN"
+
+
+def test_seed_cnn_trains_too(tmp_path: Path) -> None:
+    config = small_config(tmp_path, architecture="MNISTCNN", batch_size=32, lr=2e-3)
+    result = train(config)
+    assert result.test_accuracy is not None and result.test_accuracy > 0.94
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    a = train(small_config(tmp_path / "a", epochs=1))
+    b = train(small_config(tmp_path / "b", epochs=1))
+    for (k, va), vb in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb), k
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
+    # augmentation and dropout both draw random numbers: resumption must restore them all
+    settings = {"architecture": "MNISTCNN", "augment": True, "epochs": 2, "train_subset": 1500}
+    whole = train(small_config(tmp_path / "whole", **settings))
+
+    def interrupt_after_first_epoch(model: torch.nn.Module, record: dict) -> None:
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    config = small_config(tmp_path / "parts", **settings)
+    lines: list[str] = []
+    first = train(config, on_epoch=interrupt_after_first_epoch, log=lines.append)
+    assert first.interrupted and "--resume" in lines[-1]
+    assert config.checkpoint_path.is_file() and not Path(config.model_path).exists()
+
+    resumed = train(config, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.test_accuracy == whole.test_accuracy
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_resume_refuses_different_settings(tmp_path: Path) -> None:
+    def stop(model: torch.nn.Module, record: dict) -> None:
+        raise KeyboardInterrupt
+
+    train(small_config(tmp_path, epochs=2), on_epoch=stop)
+    with pytest.raises(TrainingError, match="lr: checkpoint 0.01, now 0.02"):
+        train(small_config(tmp_path, epochs=2, lr=0.02), resume=True)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="no training checkpoint"):
+        train(small_config(tmp_path), resume=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"epochs": 0}, "at least 1"), ({"schedule": "cosine-ish"}, "unknown schedule")],
+)
+def test_bad_settings_are_refused(tmp_path: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        train(small_config(tmp_path, **overrides))
+
+
+def test_presets_override_defaults_and_options_override_presets() -> None:
+    assert config_for("seed").lr == 1e-3 and config_for("seed").schedule == "constant"
+    assert config_for("seed", lr=5e-4).lr == 5e-4
+    assert config_for("default") == TrainConfig()
+    with pytest.raises(ValueError, match="unknown preset"):
+        config_for("turbo")
