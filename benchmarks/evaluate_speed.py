@@ -49,8 +49,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     cores = torch.get_num_threads()
-    print("| threads | read + verify test set | load model | forward 10,000 | total | img/s "
-          "(forward) | accuracy |")
+    print(
+        "| threads | read + verify test set | load model | forward 10,000 | total | img/s "
+        "(forward) | accuracy |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for threads in sorted({1, cores}):
         m = measure(args.model, args.data_dir, threads, args.repeats)

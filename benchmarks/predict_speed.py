@@ -26,8 +26,7 @@ import torch
 from realistic_uploads import photo  # the same renderer as the accuracy benchmark
 
 from mnist_cnn import data
-from mnist_cnn.checkpoint import SHIPPED_MODEL, load_model
-from mnist_cnn.evaluate import logits_of
+from mnist_cnn.checkpoint import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor
 from mnist_cnn.preprocess import WORK_SIDE, load_image, to_mnist
 
@@ -112,19 +111,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{percentile(total, 90):.2f} ms | {percentile(total, 99):.2f} ms |"
         )
 
-    # ---- throughput, 2 threads
+    # ---- throughput, 2 threads: the Predictors' own forward functions
     torch.set_num_threads(2)
-    loaded = load_model(args.model)
     test = data.load_split("test")
-    x = data.to_model_input(test.images, loaded.mean, loaded.std)
-    rates = {"PyTorch": best_rate(lambda: logits_of(loaded.model, x), len(x))}
+    x = data.to_model_input(test.images, backends["PyTorch"].mean, backends["PyTorch"].std)
+    rates = {"PyTorch": best_rate(lambda: backends["PyTorch"].logits(x), len(x))}
     if "ONNX Runtime" in backends:
-        from mnist_cnn import export
-
-        run = export.onnx_runner(
-            export.onnx_bytes(loaded.model, export.onnx_metadata(loaded)), threads=2
+        onnx2 = Predictor.from_checkpoint(args.model, backend="onnx", threads=2)
+        rates["ONNX Runtime"] = best_rate(
+            lambda: [onnx2.logits(chunk) for chunk in x.split(256)], len(x)
         )
-        rates["ONNX Runtime"] = best_rate(lambda: [run(chunk) for chunk in x.split(256)], len(x))
     print()
     print("| batched forward, 10,000 MNIST test images, 2 threads | images/s |")
     print("|---|---:|")

@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                      # the presets: seed, fast, default
     python benchmarks/train_speed.py --runs ablation      # the evidence behind the default
+    python benchmarks/train_speed.py --runs default,no-augment --seeds 0,1,2
 
 Each run trains from scratch on the bundled MNIST with the full training split (55,000
 images; 5,000 held out for validation) and, for this benchmark only, measures test accuracy
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -53,6 +53,7 @@ GROUPS = {
 @dataclass
 class Outcome:
     name: str
+    seed: int
     description: str
     epochs: int
     seconds_to_target: float | None
@@ -62,12 +63,13 @@ class Outcome:
     images_per_second: float
 
 
-def run(name: str, data_dir: str, workdir: Path, threads: int) -> Outcome:
+def run(name: str, seed: int, data_dir: str, workdir: Path, threads: int) -> Outcome:
     """Train one configuration, following its test accuracy epoch by epoch."""
     preset, overrides, description = RUNS[name]
     config = config_for(
         preset,
         **overrides,
+        seed=seed,
         threads=threads,
         data_dir=data_dir,
         model_path=str(workdir / f"{name}.pth"),
@@ -81,7 +83,10 @@ def run(name: str, data_dir: str, workdir: Path, threads: int) -> Outcome:
         nonlocal elapsed, reached
         elapsed += record["seconds"]
         accuracy = evaluate(model, test, MNIST_MEAN, MNIST_STD).accuracy
-        print(f"  {name} epoch {record['epoch']}: test {100 * accuracy:.2f}% at {elapsed:.1f}s")
+        print(
+            f"  {name} seed {seed} epoch {record['epoch']}: test {100 * accuracy:.2f}% "
+            f"at {elapsed:.1f}s"
+        )
         if reached is None and accuracy >= TARGET:
             reached = (elapsed, record["epoch"])
 
@@ -89,6 +94,7 @@ def run(name: str, data_dir: str, workdir: Path, threads: int) -> Outcome:
     speeds = [h["images_per_second"] for h in result.history]
     return Outcome(
         name=name,
+        seed=seed,
         description=description,
         epochs=config.epochs,
         seconds_to_target=reached[0] if reached else None,
@@ -102,8 +108,9 @@ def run(name: str, data_dir: str, workdir: Path, threads: int) -> Outcome:
 def table(outcomes: list[Outcome]) -> str:
     """A markdown table of the outcomes."""
     lines = [
-        "| run | what | epochs | time to 99.0% test | final test accuracy | training time | img/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| run | what | seed | epochs | time to 99.0% test | final test accuracy "
+        "| training time | img/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outcomes:
         to_target = (
@@ -112,8 +119,23 @@ def table(outcomes: list[Outcome]) -> str:
             else "not reached"
         )
         lines.append(
-            f"| {o.name} | {o.description} | {o.epochs} | {to_target} | "
+            f"| {o.name} | {o.description} | {o.seed} | {o.epochs} | {to_target} | "
             f"{100 * o.final_accuracy:.2f}% | {o.seconds:.0f} s | {o.images_per_second:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    """Mean, min and max final test accuracy of each run over its seeds."""
+    lines = [
+        "| run | seeds | mean final test accuracy | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in dict.fromkeys(o.name for o in outcomes):
+        accs = [100 * o.final_accuracy for o in outcomes if o.name == name]
+        lines.append(
+            f"| {name} | {len(accs)} | {sum(accs) / len(accs):.3f}% | {min(accs):.2f}% "
+            f"| {max(accs):.2f}% |"
         )
     return "\n".join(lines)
 
@@ -126,6 +148,7 @@ def main() -> int:
         default="presets",
         help=f"a group ({', '.join(GROUPS)}) or comma-separated runs ({', '.join(RUNS)})",
     )
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run per seed")
     parser.add_argument("--data-dir", default="data/mnist")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = parser.parse_args()
@@ -133,18 +156,22 @@ def main() -> int:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         parser.error(f"unknown runs: {', '.join(unknown)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
     threads = args.threads or torch.get_num_threads()
     outcomes = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            start = time.perf_counter()
-            outcomes.append(run(name, args.data_dir, Path(tmp), threads))
-            print(f"  {name} done in {time.perf_counter() - start:.0f}s wall", file=sys.stderr)
+            for seed in seeds:
+                start = time.perf_counter()
+                outcomes.append(run(name, seed, args.data_dir, Path(tmp), threads))
+                print(f"  {name} seed {seed} done in {time.perf_counter() - start:.0f}s wall")
     print()
-    print(
-        f"torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}"
-    )
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {threads} threads, {cpu}")
     print(table(outcomes))
+    if len(seeds) > 1:
+        print()
+        print(summary(outcomes))
     return 0
 
 

@@ -43,7 +43,7 @@ expect = playwright_api.expect
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    with running_server("--workers", "1", "--threads", "4") as running:
+    with running_server() as running:  # the production defaults
         yield running
 
 
@@ -247,6 +247,20 @@ def test_a_file_that_is_not_an_image_shows_an_error(
     p.set_input_files("#file", str(photo))
     expect(p.locator("#digit")).to_have_text(str(label))
     expect(message).to_be_hidden()
+
+
+def test_a_file_over_the_limit_is_refused_before_uploading(
+    page: tuple[object, PageWatch], tmp_path: Path
+) -> None:
+    p, watch = page
+    p.get_by_role("tab", name="Upload").click()
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(11 * 1024 * 1024))
+    p.set_input_files("#file", str(huge))
+    message = p.locator("#message")
+    expect(message).to_contain_text("too large")
+    expect(message).to_contain_text("the limit is 10 MB")
+    assert not [u for u in watch.requests if u.endswith("/api/predict")]
 
 
 def test_tabs_work_with_the_keyboard(page: tuple[object, PageWatch]) -> None:

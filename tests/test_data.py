@@ -146,7 +146,9 @@ def test_dataset_hash_is_stable() -> None:
 
 def test_download_without_network_fails_cleanly_and_keeps_files(tmp_path: Path) -> None:
     # An unroutable mirror stands for "no network"; a wrong file must not be left behind.
-    with pytest.raises(data.DatasetError, match="(?s)could not download.*Connection refused.*bundled"):
+    with pytest.raises(
+        data.DatasetError, match="(?s)could not download.*Connection refused.*bundled"
+    ):
         data.download(
             tmp_path,
             mirrors=("http://127.0.0.1:9/",),
@@ -164,3 +166,18 @@ def test_download_keeps_files_that_are_already_valid(tmp_path: Path) -> None:
     lines: list[str] = []
     assert data.download(tmp_path, mirrors=("http://127.0.0.1:9/",), log=lines.append) == []
     assert len(lines) == 4 and all("verified" in line for line in lines)
+
+
+def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Path) -> None:
+    from mnist_cnn import atomic
+
+    target = tmp_path / "sub" / "report.json"
+    atomic.write_json(target, {"a": 1})
+    atomic.write_bytes(target, b"{}")
+    assert target.read_bytes() == b"{}"
+    assert target.stat().st_mode & 0o644 == 0o644  # readable by others, as open() would make it
+    with pytest.raises(RuntimeError), atomic.atomic_open(target, "wb") as f:
+        f.write(b"half")
+        raise RuntimeError("crash while writing")
+    assert target.read_bytes() == b"{}"  # the old content survives a failed write
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]  # no temp file left

@@ -8,6 +8,8 @@ ever asked for, and the default theme's fonts are served by Gradio itself.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -263,3 +265,59 @@ def test_gradio_command_serves_the_interface(clear_digits: list) -> None:
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == cli.EXIT_FAILED
     assert "mnist-cnn: error:" in run.stderr and "Traceback" not in run.stderr
+
+
+# --------------------------------------------------------------------------- in a browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Debian's Chromium, as in test_browser.py: never a downloaded one, no background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.mark.browser
+def test_a_digit_drawn_with_the_mouse_is_read_and_nothing_is_fetched_elsewhere(
+    server: str,
+) -> None:
+    if not Path(CHROMIUM).exists():
+        message = "Chromium is missing: apt-get install -y chromium (.ci/run does this)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import expect, sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(30_000)
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(server)
+            page.get_by_role("button", name="Brush").click()
+            canvas = max(
+                (c.bounding_box() for c in page.locator("canvas").all()),
+                key=lambda box: box["width"] * box["height"],
+            )
+            # A 7: a bar across the top, then a stroke down to the bottom left.
+            x, y, w, h = canvas["x"], canvas["y"], canvas["width"], canvas["height"]
+            page.mouse.move(x + 0.3 * w, y + 0.2 * h)
+            page.mouse.down()
+            page.mouse.move(x + 0.7 * w, y + 0.2 * h, steps=20)
+            page.mouse.move(x + 0.45 * w, y + 0.85 * h, steps=30)
+            page.mouse.up()
+            page.get_by_role("button", name="Classify the drawing").click()
+            expect(
+                page.get_by_text("with", exact=False).filter(has_text="% confidence")
+            ).to_have_text(re.compile(r"^7 with [\d.]+% confidence"))
+            expect(page.locator("#model-input img")).to_be_visible()
+        finally:
+            browser.close()
+    elsewhere = [u for u in requests if not u.startswith((server, "data:", "blob:"))]
+    assert not elsewhere, f"requests to other origins: {elsewhere[:5]}"

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -356,6 +357,11 @@ def test_find_data_dir_finds_a_kaggle_dataset_and_skips_look_alikes(
         assert staged.resolve().parent == (kaggle_input / "hojjatk" / "mnist-dataset").resolve()
     assert torch.equal(data.load_split("test", found).images, test_split.images)
     assert messages == [f"MNIST found in {kaggle_input / 'hojjatk' / 'mnist-dataset'}"]
+    # By default the staging directory is named after the sources: stable, never shared.
+    quiet = {"candidates": [], "search_roots": [kaggle_input], "log": lambda _: None}
+    default = data.find_data_dir(**quiet)
+    assert default.parent == Path(tempfile.gettempdir())
+    assert default.name.startswith("mnist-cnn-data-") and data.find_data_dir(**quiet) == default
 
 
 def test_find_data_dir_uses_a_standard_directory_in_place(tmp_path: Path) -> None:

@@ -65,8 +65,8 @@ def test_output_is_mnist_shaped(reference: np.ndarray) -> None:
 def test_polarity_follows_the_background_not_the_mean(reference: np.ndarray) -> None:
     # White on black (a drawing app) gives the same input as dark on light.
     assert agreement(prepared(gray8(SEVEN)), reference) > 0.85
-    # A bold digit that covers most of the image: its mean is dark, yet the border is light
-    # paper, so the ink is the dark part.
+    # A bold digit that covers nearly half of the image: the border (light paper) still
+    # tells which part is ink.
     bold = seven(160, 200, stroke=60)
     assert bold.mean() > 0.45
     out = prepared(gray8(on_paper(bold)))
@@ -76,6 +76,8 @@ def test_polarity_follows_the_background_not_the_mean(reference: np.ndarray) -> 
 
 
 def test_dark_paper_in_low_light(reference: np.ndarray) -> None:
+    # The whole image is dark (mean 0.3), yet the ink is darker than the paper: deciding the
+    # polarity from the mean would take the paper for ink.
     dim = on_paper(SEVEN, paper=0.35, ink=0.05)
     assert agreement(prepared(gray8(dim)), reference) > 0.85
 
@@ -115,7 +117,8 @@ def test_thin_pen_strokes_are_thickened() -> None:
     thin = seven(400, 500, stroke=4)  # a ballpoint on a big photo: 1% of the height
     out = prepared(gray8(on_paper(thin)))
     width = pp.stroke_width(out.astype(np.float32) / 255)
-    assert pp.STROKE_MIN - 0.3 <= width <= pp.STROKE_MAX
+    # Unprocessed it would be about 1 pixel wide; MNIST's strokes are 1.7 to 3.8.
+    assert 1.6 <= width <= 3.0
 
 
 # --------------------------------------------------------------------------- modes and formats
@@ -256,7 +259,9 @@ def test_constants_match_mnist(train_split) -> None:
     assert abs(cy - pp.MNIST_CENTRE[0]) < 0.1 and abs(cx - pp.MNIST_CENTRE[1]) < 0.1
     widths = np.array([pp.stroke_width(im) for im in images[:1000]])
     assert pp.STROKE_MIN < np.median(widths) < pp.STROKE_MAX
-    assert abs(np.median(widths) - pp.STROKE_TARGET) < 0.2
+    # Thin strokes are brought to a width that is common in MNIST, not to an extreme.
+    assert np.percentile(widths, 10) < pp.STROKE_TARGET < np.median(widths)
+    assert abs(np.percentile(widths, 5) - pp.STROKE_MIN) < 0.15
     # The correction only touches outliers: most MNIST digits lie within the bounds.
     inside = ((widths >= pp.STROKE_MIN) & (widths <= pp.STROKE_MAX)).mean()
     assert 0.85 < inside < 0.99
@@ -390,3 +395,44 @@ def test_errors_are_value_errors_with_codes() -> None:
 def test_wrong_type_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         load_image(12345)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize("how", ["min", "max"])
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_neighbourhood_matches_a_brute_force_filter(how: str, radius: int) -> None:
+    a = np.random.default_rng(radius).random((13, 17)).astype(np.float32)
+    padded = np.pad(a, radius, mode="edge")  # a window cut at the edge == edge padding
+    op = np.minimum if how == "min" else np.maximum
+    expected = padded[: a.shape[0], : a.shape[1]]
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            expected = op(expected, padded[dy : dy + a.shape[0], dx : dx + a.shape[1]])
+    assert np.array_equal(pp._neighbourhood(a, how, radius), expected)
+
+
+def test_block_reduce_matches_a_loop() -> None:
+    a = np.random.default_rng(0).random((13, 17))
+    k = 3
+    maxes, sums = pp._block_reduce(a, k, "max"), pp._block_reduce(a, k, "sum")
+    assert maxes.shape == sums.shape == (5, 6)  # partial blocks included
+    for i in range(5):
+        for j in range(6):
+            block = a[i * k : i * k + k, j * k : j * k + k]
+            assert maxes[i, j] == block.max() and np.isclose(sums[i, j], block.sum())
+    low = pp._block_reduce(a, k, "low")
+    assert low.shape == (4, 5)  # whole blocks only
+    assert low[1, 2] == np.sort(a[3:6, 6:9].ravel())[2]
+
+
+def test_stroke_width_of_a_ring() -> None:
+    # A ring 4 pixels wide: area / half the perimeter is 4 for any radius (a circle's pixel
+    # outline is 4/pi times its length, which stroke_width corrects).
+    yy, xx = np.mgrid[0:80, 0:80]
+    radius = np.hypot(yy - 39.5, xx - 39.5)
+    for inner in (12, 20, 30):
+        ring = ((radius >= inner) & (radius < inner + 4)).astype(np.float32)
+        assert 3.6 < pp.stroke_width(ring) < 4.4, inner
+    assert pp.stroke_width(np.zeros((5, 5))) == 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ import re
 import signal
 import socket
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -333,6 +335,19 @@ def test_400_for_requests_without_a_readable_image(client: FlaskClient) -> None:
     assert_error(
         client.post("/api/predict", data=b"", content_type="image/png"), 400, "missing_image"
     )
+    assert_error(
+        client.post("/api/predict", data=b"garbage", content_type="multipart/form-data"),
+        400,
+        "malformed_body",
+    )
+    truncated = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nab'
+    assert_error(
+        client.post(
+            "/api/predict", data=truncated, content_type="multipart/form-data; boundary=xyz"
+        ),
+        400,
+        "missing_image",
+    )
 
 
 def test_413_for_a_body_over_the_limit(client: FlaskClient) -> None:
@@ -459,6 +474,21 @@ def test_the_model_is_loaded_once_per_process(
     assert second.extensions["mnist_cnn"]["predictor"] is app.extensions["mnist_cnn"]["predictor"]
 
 
+def test_the_onnx_backend_serves_the_same_answers(
+    client: FlaskClient, digits: list[tuple[np.ndarray, int]]
+) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = create_app(WebConfig(model_path=SHIPPED_MODEL, backend="onnx")).test_client()
+    assert onnx.get("/api/model").get_json()["backend"] == "onnx"
+    for image, _ in digits[::6]:
+        png = png_bytes(image)
+        expected = post_file(client, png).get_json()
+        answer = post_file(onnx, png).get_json()
+        assert answer["digit"] == expected["digit"]
+        assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
+        assert answer["model"]["backend"] == "onnx"
+
+
 def test_a_missing_model_fails_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         create_app(WebConfig(model_path=tmp_path / "nothing.pth"))
@@ -531,6 +561,10 @@ def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> N
         status, _, body = server.request("GET", "/")
         assert status == 200 and b'<canvas id="pad"' in body
         assert "2 workers x 2 threads" in server.log()
+        # `mnist-cnn serve` replaced itself by a clean interpreter: the modules of the other
+        # sub-commands (training imports matplotlib) do not stay resident in the server.
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        assert "torch" in maps and "matplotlib" not in maps
 
         # Concurrent requests over both workers give the answers a sequential client gets.
         pngs = [png_bytes(image) for image, _ in digits]
@@ -559,6 +593,19 @@ def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> N
             "POST", "/api/predict", b"\0" * (MAX_UPLOAD_BYTES + 10), {"Content-Type": "image/png"}
         )
         assert status == 413 and json.loads(raw)["error"]["code"] == "too_large"
+
+        # Keep-alive connections are shared out evenly (least connections first), not
+        # left to whichever worker wins the race for the shared socket.
+        clients = []
+        for _ in range(8):
+            client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            client.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200")
+            clients.append(client)
+        per_worker = _established_connections(server.port, _workers(server.process.pid))
+        assert sorted(per_worker.values()) == [4, 4], per_worker
+        for client in clients:
+            client.close()
 
         # A worker that dies is replaced; the server keeps answering meanwhile.
         workers = _workers(server.process.pid)
@@ -589,6 +636,19 @@ def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> N
         assert not _alive(workers), "workers outlived the server"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_do_not_outlive_a_killed_server() -> None:
+    with running_server("--workers", "2") as server:
+        workers = _workers(server.process.pid)
+        assert len(workers) == 2
+        server.process.kill()  # SIGKILL: the supervisor gets no chance to stop them
+        server.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(workers), "orphaned workers kept serving"
+
+
 def _workers(server_pid: int) -> list[int]:
     """The pids of the server's worker processes (its children, from /proc)."""
     pids = []
@@ -602,6 +662,26 @@ def _workers(server_pid: int) -> list[int]:
             if int(fields[1]) == server_pid and fields[0] != "Z":
                 pids.append(int(entry.name))
     return pids
+
+
+def _established_connections(port: int, pids: list[int]) -> dict[int, int]:
+    """How many established TCP connections on ``port`` each process holds (Linux /proc)."""
+    owner = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owner[int(target[8:-1])] = pid
+    counts = dict.fromkeys(pids, 0)
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        established = fields[3] == "01"
+        inode = int(fields[9])
+        if local_port == port and established and inode in owner:
+            counts[owner[inode]] += 1
+    return counts
 
 
 def _alive(pids: list[int]) -> list[int]:

@@ -51,23 +51,43 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "the defaults shown are those of the default preset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="a recipe: default (best), seed (the seed's baseline), fast (>=99%% in <30 s)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last epoch checkpoint")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar per epoch (default: when stderr is a terminal)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="a recipe: default (best), seed (the seed's baseline), fast (>=99%% in <30 s)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its last epoch checkpoint",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar per epoch (default: when stderr is a terminal)",
+    )
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         # SUPPRESS keeps flags the user did not give out of the namespace, so the preset's
         # value applies; the default shown in --help is the dataclass's.
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f"{TRAIN_HELP[f.name]} (default: {f.default})")
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{TRAIN_HELP[f.name]} (default: {f.default})",
+            )
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                           help=f"{TRAIN_HELP[f.name]} (default: {f.default})")
+            p.add_argument(
+                flag,
+                type=kind,
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=f"{TRAIN_HELP[f.name]} (default: {f.default})",
+            )
     p.set_defaults(handler=_train)
 
 
@@ -139,8 +159,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print("class  precision  recall  support")
     for row in report["per_class"]:
-        print(f"{row['class']:>5}  {100 * row['precision']:>8.2f}%  {100 * row['recall']:>5.2f}%  "
-              f"{row['support']:>7}")
+        print(
+            f"{row['class']:>5}  {100 * row['precision']:>8.2f}%  {100 * row['recall']:>5.2f}%  "
+            f"{row['support']:>7}"
+        )
     for what, path in paths.items():
         print(f"wrote {what}: {path}")
     return 0
@@ -176,23 +198,38 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve the web app and its JSON API (production server)",
         description="Serve the web page and the JSON API with waitress: the model is loaded "
-        "once, then forked into worker processes that each run a few request threads and "
-        "one torch thread. 0 workers or threads: sized to this machine's cores.",
+        "once, then shared by forked worker processes (one per core by default), each with "
+        "one request thread and one torch thread.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default=d.host,
-                   help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=d.port, help="TCP port")
-    p.add_argument("--workers", type=int, default=d.workers,
-                   help="worker processes (0: one per core)")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="request threads per worker (0: 4)")
-    p.add_argument("--model", default=argparse.SUPPRESS,
-                   help="weights file (.pth) (default: the shipped models/mnist_cnn_model.pth)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default=d.backend,
-                   help="inference backend (onnx needs the onnx extra)")
-    p.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / 1024 / 1024,
-                   help="largest request body accepted, in MB")
+    p.add_argument(
+        "--workers", type=int, default=d.workers, help="worker processes (0: one per core)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="request threads per worker (2 suits slow requests: large photos)",
+    )
+    p.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="weights file (.pth) (default: the shipped models/mnist_cnn_model.pth)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default=d.backend,
+        help="inference backend (onnx needs the onnx extra)",
+    )
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=d.max_request_bytes / 1024 / 1024,
+        help="largest request body accepted, in MB",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -236,8 +273,23 @@ def _serve(args: argparse.Namespace) -> int:
 # Files a directory walk picks up; files named on the command line are always tried (they
 # are decoded by content, whatever their name).
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".mpo", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
-     ".ppm", ".pgm", ".pbm", ".pnm"}
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".mpo",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
 )
 
 
@@ -253,17 +305,32 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR", help="image files or directories")
-    p.add_argument("--model", default=None,
-                   help="weights (.pth), or a .onnx file with --backend onnx "
-                   "(default: the shipped models/mnist_cnn_model.pth)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="inference backend (onnx needs the onnx extra)")
+    p.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="weights (.pth), or a .onnx file with --backend onnx "
+        "(default: the shipped models/mnist_cnn_model.pth)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="inference backend (onnx needs the onnx extra)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--save-inputs", metavar="DIR", default=None,
-                   help="also write the 28x28 image the model sees for each file as a PNG")
+    p.add_argument(
+        "--save-inputs",
+        metavar="DIR",
+        default=None,
+        help="also write the 28x28 image the model sees for each file as a PNG",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                   help="refuse images with more pixels (checked before decoding)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="refuse images with more pixels (checked before decoding)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
     p.set_defaults(handler=_predict)
 
@@ -275,8 +342,10 @@ def _image_files(paths: Sequence[str]) -> list[tuple[Path, Path]]:
         root = Path(arg)
         if root.is_dir():
             files = sorted(
-                f for f in root.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                f
+                for f in root.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_SUFFIXES
                 and not any(part.startswith(".") for part in f.relative_to(root).parts)
             )
             found += [(f, f.relative_to(root)) for f in files]
@@ -299,7 +368,9 @@ def _predict(args: argparse.Namespace) -> int:
         return _fail("--batch-size must be at least 1")
     try:
         predictor = Predictor.from_checkpoint(
-            args.model, backend=args.backend, threads=args.threads or None,
+            getattr(args, "model", None),
+            backend=args.backend,
+            threads=args.threads or None,
             max_pixels=args.max_pixels,
         )
     except CheckpointError as exc:
@@ -342,8 +413,10 @@ def _predict(args: argparse.Namespace) -> int:
                 records[slot]["model_input"] = str(target)
             if not args.json:
                 top3 = ", ".join(f"{d} {100 * q:.1f}%" for d, q in prediction.top3)
-                print(f"{path}: {prediction.digit}  ({100 * prediction.confidence:.1f}%)  "
-                      f"top 3: {top3}")
+                print(
+                    f"{path}: {prediction.digit}  ({100 * prediction.confidence:.1f}%)  "
+                    f"top 3: {top3}"
+                )
         results += records
     if args.json:
         info = predictor.info
@@ -370,8 +443,9 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="models/mnist_cnn_model.pth", help="weights file (.pth)")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    p.add_argument("--output", default=None,
-                   help="where to write it (default: beside the weights, with .onnx)")
+    p.add_argument(
+        "--output", default=None, help="where to write it (default: beside the weights, with .onnx)"
+    )
     p.set_defaults(handler=_export)
 
 
@@ -385,9 +459,11 @@ def _export(args: argparse.Namespace) -> int:
     except (CheckpointError, ExportError) as exc:
         return _fail(str(exc))
     print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, dynamic batch axis)")
-    print(f"parity with PyTorch on {result.examples} MNIST test digits, batch sizes "
-          f"{', '.join(map(str, result.batch_sizes))}: max |delta logit| "
-          f"{result.max_abs_diff:.1e}, same argmax: {'yes' if result.argmax_agree else 'no'}")
+    print(
+        f"parity with PyTorch on {result.examples} MNIST test digits, batch sizes "
+        f"{', '.join(map(str, result.batch_sizes))}: max |delta logit| "
+        f"{result.max_abs_diff:.1e}, same argmax: {'yes' if result.argmax_agree else 'no'}"
+    )
     return 0
 
 

@@ -401,7 +401,8 @@ def _stage(files: dict[str, Path], staging_dir: Path) -> Path:
     for name, source in files.items():
         for stale in (staging_dir / name, staging_dir / f"{name}.gz"):
             stale.unlink(missing_ok=True)
-        gzipped = source.open("rb").read(2) == b"\x1f\x8b"
+        with source.open("rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
         target = staging_dir / (f"{name}.gz" if gzipped else name)
         try:
             target.symlink_to(source.resolve())
@@ -424,8 +425,9 @@ def find_data_dir(
     attached Kaggle datasets), and finally downloads into ``download_to`` when it is given.
     Every file is checked against MNIST's SHA-256, so a look-alike with the same file names
     (Fashion-MNIST, a truncated upload) is passed over. Files found scattered or under other
-    names are symlinked into ``staging_dir`` (default: a directory in the system's temporary
-    directory) under the standard names. Raises ``DatasetError`` saying where it looked.
+    names are symlinked into ``staging_dir`` (default: a directory named after them in the
+    system's temporary directory) under the standard names. Raises ``DatasetError`` saying
+    where it looked.
     """
     rejected: list[str] = []
     for candidate in candidates:
@@ -455,8 +457,12 @@ def find_data_dir(
         if len(directories) == 1 and names_ok:
             directory = directories.pop()
         else:
-            staging = Path(staging_dir or Path(tempfile.gettempdir()) / "mnist-cnn-data")
-            directory = _stage(chosen, staging)
+            if staging_dir is None:
+                # One directory per set of sources, so concurrent runs never relink each other's.
+                key = "\n".join(str(chosen[n].resolve()) for n in sorted(chosen))
+                digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+                staging_dir = Path(tempfile.gettempdir()) / f"mnist-cnn-data-{digest}"
+            directory = _stage(chosen, Path(staging_dir))
         log(f"MNIST found in {', '.join(sorted({str(p.parent) for p in chosen.values()}))}")
         return directory
 

@@ -42,10 +42,11 @@ TOP_CLASSES = 3
 # The 28x28 model input is shown enlarged by this factor with nearest-neighbour sampling, so
 # that every pixel the model sees is an exact square on screen (a browser would blur it).
 DISPLAY_SCALE = 8
-# The canvas a user draws on: big enough for a mouse or a finger. The brush width is about
-# MNIST's stroke width relative to its digit box; preprocessing normalises it anyway.
+# The canvas a user draws on: big enough for a mouse or a finger. The brush (its radius, in
+# canvas pixels) draws strokes about as thick, relative to a digit filling the canvas, as
+# MNIST's; preprocessing brings any stroke width into MNIST's range anyway.
 CANVAS_SIZE = 280
-BRUSH_SIZE = 18
+BRUSH_SIZE = 10
 
 EMPTY_MESSAGE = "Draw a digit on the canvas, or upload a photo of one."
 
@@ -182,9 +183,10 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
     )
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(
-            f"# {title}\nDraw a digit (0-9) or upload a photo of one written on paper. The image "
-            f"is turned into what MNIST looks like (a white digit on black, fitted in 20×20 and "
-            f"centred in 28×28) before the model sees it. {about}."
+            f"# {title}\nPick the brush beside the canvas and draw a digit (0-9), or upload "
+            f"a photo of one written on paper. The image is turned into what MNIST looks like "
+            f"(a white digit on black, fitted in 20×20 and centred in 28×28) before the model "
+            f"sees it. {about}."
         )
         with gr.Row(equal_height=False):
             with gr.Column():
@@ -218,6 +220,7 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
                     format="png",  # lossless: the exact pixels the model saw
                     interactive=False,
                     height=CANVAS_SIZE,
+                    elem_id="model-input",
                 )
                 message = gr.Markdown(EMPTY_MESSAGE, label="Result")
         outputs = [label, model_input, message]

@@ -118,7 +118,9 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         loaded = load_model(path)
-        model = loaded.model
+        # Channels-last weights as well as inputs: oneDNN then skips a layout conversion of
+        # every convolution's weights on every call (about twice the batched throughput).
+        model = loaded.model.to(memory_format=torch.channels_last)
         info = {
             "architecture": loaded.architecture,
             "path": str(loaded.path),
@@ -182,6 +184,10 @@ class Predictor:
     def info(self) -> dict[str, Any]:
         """Architecture, path, parameter count, metrics (test_accuracy), normalisation, backend."""
         return dict(self._info)
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 10) for normalised inputs (N, 1, 28, 28), in chunks (no preprocessing)."""
+        return self._forward(inputs)
 
     def prepare(self, image: ImageSource) -> np.ndarray:
         """The uint8 (28, 28) image the model sees for ``image``. Raises ``ImageError``."""

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_cnn import atomic, data, plots
+from mnist_cnn import atomic, data
 from mnist_cnn.checkpoint import save_model
 from mnist_cnn.evaluate import evaluate
 from mnist_cnn.model import INPUT_SIZE, MNIST_MEAN, MNIST_STD, build_model, count_parameters
@@ -331,6 +331,10 @@ def write_outputs(
     n_test: int,
 ) -> dict[str, Path]:
     """Save the weights, their metadata and the training curves (all atomically)."""
+    # matplotlib is imported only here: the CLI imports this module to build its parser, and
+    # `mnist-cnn serve` would otherwise carry 35 MB of plotting code in every worker.
+    from mnist_cnn import plots
+
     config = result.config
     last = result.history[-1]
     metadata = {

@@ -40,10 +40,10 @@ class WebConfig:
     model_path: Path | None = None
     # The Predictor's backend ("torch", or "onnx" when the ONNX extra is installed).
     backend: str = "torch"
-    # Torch threads in this process. One per process: the server gets its parallelism from
-    # concurrent requests (threads, workers), and intra-op threads on top of that would
-    # fight over the same cores for a network this small.
-    torch_threads: int = 1
+    # Torch threads of this process (process-wide), 0: leave them as they are. The
+    # production server sets 1: it gets its parallelism from concurrent requests in worker
+    # processes, and intra-op threads on top would fight over the same cores.
+    torch_threads: int = 0
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     # Log one line per prediction (digit, confidence, top 3, elapsed, model file).
     log_predictions: bool = True
@@ -69,7 +69,7 @@ def get_predictor(config: WebConfig) -> Predictor:
         predictor = _PREDICTORS.get(key)
         if predictor is None:
             predictor = Predictor.from_checkpoint(
-                path, backend=config.backend, threads=config.torch_threads
+                path, backend=config.backend, threads=config.torch_threads or None
             )
             _PREDICTORS[key] = predictor
     return predictor
@@ -129,14 +129,15 @@ def create_app(config: WebConfig | None = None) -> Flask:
         # Flask 3.1 limits non-file multipart fields to 500 kB by default; a canvas data URL
         # sent as a form field may be larger, and the overall cap above is what matters.
         MAX_FORM_MEMORY_SIZE=config.max_upload_bytes,
-        JSON_SORT_KEYS=False,
     )
+    # Keep the documented key order in JSON answers (digit first, not alphabetical).
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    # The typed config travels with the app; views read it from here, never from a global.
     from mnist_cnn.web import api, errors, pages
 
     predictor = get_predictor(config)
     info = model_info(predictor)
+    # What the views need travels with the app (``current_app.extensions``), never in a
+    # module global: two apps in one process can have different settings.
     app.extensions["mnist_cnn"] = {
         "config": config,
         "predictor": predictor,

@@ -72,7 +72,10 @@ def read_image(req: Request) -> tuple[bytes, str]:
     the size limit raises Werkzeug's ``RequestEntityTooLarge`` (413) when it is read.
     """
     mimetype = req.mimetype
-    if mimetype == "multipart/form-data" or mimetype == "application/x-www-form-urlencoded":
+    if mimetype == "multipart/form-data" and not req.mimetype_params.get("boundary"):
+        # Werkzeug would parse such a body as an empty form; say what is really wrong.
+        raise ApiError(400, "malformed_body", "the multipart body has no boundary parameter")
+    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         upload = req.files.get("image")
         if upload is not None:
             data = upload.read()

@@ -1,43 +1,60 @@
-"""The production server: waitress, in one process or several forked workers.
+"""The production server: waitress, in forked worker processes of one thread each.
 
-Why this shape. A request spends most of its time in Python: HTTP parsing, Flask, decoding
-and preprocessing the image (NumPy on small arrays), a forward pass of a 0.4 M-parameter
-network that takes well under a millisecond. Python threads in one process share one GIL,
-so one process uses about one core however many threads it has. To use every core we fork
-worker processes, each running waitress with a few threads on one shared listening socket
-(the kernel hands each new connection to whichever worker accepts it first).
+Why this shape. A request costs about 3 ms of CPU (an uploaded MNIST-sized PNG): HTTP
+parsing, Flask, decoding and preprocessing the image (NumPy on small arrays, about half of
+it) and a forward pass of a 0.4 M-parameter network (about 0.6 ms). Nearly all of that
+holds Python's GIL, so one process computes on one core however many threads it has, and
+extra threads in a process make each request dearer: every forward pass releases and
+re-takes the GIL a dozen times, and each hand-over between busy threads costs context
+switches. Measured on 2 cores (``benchmarks/load_test.py``, concurrency 8): 2 workers x 1
+thread, 3.2 ms of CPU per prediction, 586 predictions/s, p99 26 ms; 2 x 2 threads, 4.0 ms,
+472/s, p99 36 ms; 1 worker x 4 threads, 6.2 ms, 198/s, p99 61 ms. So:
 
-- The model is loaded once, in the parent, before forking: the workers share its memory
-  and PyTorch's (about 160 MB of it is anonymous memory that copy-on-write keeps shared),
-  which keeps two workers well under 300 MB in total (measured by PSS,
-  ``benchmarks/load_test.py``).
-- One torch thread per worker: parallelism comes from the requests; intra-op threads on
+- One worker process per core, each with one request thread (workers x threads = cores).
+  Waitress's own event-loop thread in each worker still reads and writes sockets
+  asynchronously, so a slow client never holds the request thread. ``--threads 2`` suits
+  traffic of large photos, whose preprocessing takes tens of milliseconds.
+- The workers share one listening socket and take new connections least-connections
+  first (``_Balance``): left to the kernel, one worker would get most keep-alive clients.
+- The model is loaded once, in the parent, and warmed up before forking: the workers share
+  its memory and PyTorch's (about 160 MB of anonymous memory that copy-on-write keeps
+  shared; ``gc.freeze`` keeps the collector from touching it), so the parent and two
+  workers use about 290 MB with every physical page counted once (``load_test.py``).
+  ``mnist-cnn serve`` re-executes itself as ``python -m mnist_cnn.web.server`` first, so
+  that what the rest of the command line imported (matplotlib, for training) is not part
+  of it.
+- One torch thread per worker: parallelism comes from the processes; intra-op threads on
   top would fight over the same cores, and forking a process whose OpenMP pool has
   started is unsafe.
-- Workers default to the number of cores, threads to four per worker: eight requests in
-  flight on two cores keeps both busy while one thread waits on the network.
 - The request body limit is enforced twice: waitress refuses a body over the limit (plus
-  room for multipart headers) before buffering it, and Flask's ``MAX_CONTENT_LENGTH`` turns
-  what gets through into the API's JSON 413.
+  room for multipart headers) from its Content-Length, before buffering it, and Flask's
+  ``MAX_CONTENT_LENGTH`` turns what gets through into the API's JSON 413.
 - The parent only supervises: it restarts a worker that dies (the server stays up) and
   stops them all on SIGINT or SIGTERM.
 
-Forking needs a POSIX system; elsewhere ``--workers 1`` serves from the main process.
+Forking needs a POSIX system; elsewhere one worker serves from the main process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
 import gc
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.sharedctypes import RawArray
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app
 
@@ -65,12 +82,12 @@ def cores() -> int:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How ``mnist-cnn serve`` runs the app. ``0`` for workers or threads: sized to the cores."""
+    """How ``mnist-cnn serve`` runs the app. ``workers=0``: one per core."""
 
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 0
-    threads: int = 0
+    threads: int = 1
     model: Path | None = None
     backend: str = "torch"
     max_request_bytes: int = MAX_UPLOAD_BYTES
@@ -80,10 +97,7 @@ class ServeConfig:
         workers = self.workers or cores()
         if not hasattr(os, "fork"):
             workers = 1
-        threads = self.threads or 4
-        return ServeConfig(
-            self.host, self.port, workers, threads, self.model, self.backend, self.max_request_bytes
-        )
+        return dataclasses.replace(self, workers=workers)
 
 
 class ServerError(Exception):
@@ -112,7 +126,43 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     return sock
 
 
-def _run_waitress(app: Flask, sock: socket.socket, config: ServeConfig) -> None:
+class _Balance:
+    """Least-connections balancing between the workers that share one listening socket.
+
+    Every worker waits in ``select`` on the shared socket, and the kernel wakes them all for
+    each new connection; the one that happens to be running wins the race, again and again:
+    measured, eight keep-alive clients ended up 8/0 or 7/1 on two workers most of the time,
+    leaving one core idle and tripling latency on the other. So each worker publishes its
+    number of open connections in shared memory (one slot per worker) and listens only while
+    no other worker has fewer. A worker's count is refreshed on every turn of its event
+    loop, so the least-loaded worker is always listening and no connection waits.
+    """
+
+    def __init__(self, workers: int) -> None:
+        # Anonymous shared memory created before forking: every worker sees every slot.
+        self.counts = RawArray(ctypes.c_int, workers)
+
+    def install(self, server: Any, slot: int) -> None:
+        """Make a waitress server accept connections only when it is among the least loaded."""
+        accepting = server.readable
+        self.counts[slot] = 0
+
+        def readable() -> bool:
+            mine = len(server.active_channels)
+            self.counts[slot] = mine
+            return bool(accepting()) and mine <= min(self.counts)
+
+        # waitress asks its listening dispatcher readable() before every select.
+        server.readable = readable
+
+
+def _run_waitress(
+    app: Flask,
+    sock: socket.socket,
+    config: ServeConfig,
+    balance: _Balance | None = None,
+    slot: int = 0,
+) -> None:
     import waitress
 
     server = waitress.create_server(
@@ -125,11 +175,26 @@ def _run_waitress(app: Flask, sock: socket.socket, config: ServeConfig) -> None:
         connection_limit=256,
         ident="mnist-cnn",
     )
+    if balance is not None:
+        balance.install(server, slot)
     server.run()
 
 
-def _start_worker(app: Flask, sock: socket.socket, config: ServeConfig) -> int:
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the supervisor dies, even by SIGKILL: an orphaned worker would
+    keep the port and serve on, unsupervised. Linux says so with PR_SET_PDEATHSIG."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def _start_worker(
+    app: Flask, sock: socket.socket, config: ServeConfig, balance: _Balance, slot: int
+) -> int:
     """Fork a worker that serves until it is terminated; returns its pid."""
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -137,9 +202,10 @@ def _start_worker(app: Flask, sock: socket.socket, config: ServeConfig) -> int:
     # happens, and it stops the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
     status = 0
     try:
-        _run_waitress(app, sock, config)
+        _run_waitress(app, sock, config, balance, slot)
     except BaseException:
         log.exception("worker %d failed", os.getpid())
         status = 1
@@ -151,8 +217,9 @@ def _start_worker(app: Flask, sock: socket.socket, config: ServeConfig) -> int:
 
 def _supervise(app: Flask, sock: socket.socket, config: ServeConfig) -> None:
     """Fork the workers, restart any that dies, stop them all on SIGINT or SIGTERM."""
-    workers: set[int] = set()
+    workers: dict[int, int] = {}  # pid -> slot
     deaths: list[float] = []  # when workers died unexpectedly
+    balance = _Balance(config.workers)
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -169,17 +236,15 @@ def _supervise(app: Flask, sock: socket.socket, config: ServeConfig) -> None:
     # copy-on-write would duplicate memory the workers could share.
     gc.collect()
     gc.freeze()
-    for _ in range(config.workers):
-        workers.add(_start_worker(app, sock, config))
+    for slot in range(config.workers):
+        workers[_start_worker(app, sock, config, balance, slot)] = slot
     while workers:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        if pid not in workers:
-            continue
-        workers.discard(pid)
-        if stopping:
+        slot = workers.pop(pid, None)
+        if slot is None or stopping:
             continue
         log.error("worker %d exited with status %d", pid, os.waitstatus_to_exitcode(status))
         now = time.monotonic()
@@ -191,8 +256,8 @@ def _supervise(app: Flask, sock: socket.socket, config: ServeConfig) -> None:
             raise ServerError(
                 f"{len(deaths)} workers died within {RESTART_WINDOW_S:g} s; see the log above"
             )
-        replacement = _start_worker(app, sock, config)
-        workers.add(replacement)
+        replacement = _start_worker(app, sock, config, balance, slot)
+        workers[replacement] = slot
         log.info("worker %d replaces worker %d", replacement, pid)
 
 
@@ -206,9 +271,11 @@ def serve(config: ServeConfig) -> None:
     Raises ``ServerError`` (cannot listen, bad settings) and
     ``mnist_cnn.checkpoint.CheckpointError`` (the model cannot be loaded).
     """
+    if config.workers > 1 and not hasattr(os, "fork"):
+        log.warning("this system cannot fork worker processes: serving with one")
     config = config.resolved()
     if config.workers < 1 or config.threads < 1:
-        raise ServerError("--workers and --threads must be at least 1 (or 0 for automatic)")
+        raise ServerError("--threads must be at least 1, --workers at least 0 (0: one per core)")
     if not 0 <= config.port <= 65535:
         raise ServerError(f"--port must be between 0 and 65535, not {config.port}")
     # Load the model before listening: a broken checkpoint fails here, with its message,
@@ -221,18 +288,22 @@ def serve(config: ServeConfig) -> None:
             max_upload_bytes=config.max_request_bytes,
         )
     )
+    # One forward pass now, in the parent: PyTorch's lazy initialisation (kernel selection,
+    # buffers) then happens once, and no worker's first user waits for it.
+    app.extensions["mnist_cnn"]["predictor"].predict_inputs(np.zeros((1, 28, 28), np.uint8))
     summary = app.extensions["mnist_cnn"]["model_summary"]
     sock = listening_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log.info(
-        "serving http://%s:%d with %d worker%s x %d threads (1 torch thread each), "
+        "serving http://%s:%d with %d worker%s x %d thread%s (1 torch thread each), "
         "model %s (%s), request limit %g MB",
         shown,
         port,
         config.workers,
         "s" if config.workers > 1 else "",
         config.threads,
+        "s" if config.threads > 1 else "",
         summary["file"],
         summary["architecture"],
         config.max_request_bytes / 1024 / 1024,
@@ -247,3 +318,23 @@ def serve(config: ServeConfig) -> None:
             _supervise(app, sock, config)
     finally:
         sock.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mnist_cnn.web.server [options]``: ``mnist-cnn serve`` without the rest of
+    the command line (what ``mnist-cnn serve`` re-executes as); the same options."""
+    import argparse
+
+    from mnist_cnn import cli
+
+    parser = argparse.ArgumentParser(prog="mnist-cnn")
+    cli._add_serve_parser(parser.add_subparsers(required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this __main__ copy's: one set of classes.
+    from mnist_cnn.web.server import main as _main
+
+    raise SystemExit(_main())

@@ -177,7 +177,18 @@
       if (mine === sequence) {
         resultCard.removeAttribute("aria-busy");
         inflight = null;
+        if (source === "upload") revealResult();
       }
+    }
+  }
+
+  // On a phone the result sits below the upload area: bring it into view after an upload
+  // (never while drawing, when the page must stay still under the finger).
+  function revealResult() {
+    const box = resultCard.getBoundingClientRect();
+    if (box.top > window.innerHeight * 0.6) {
+      const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      resultCard.scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "start" });
     }
   }
 
@@ -332,6 +343,7 @@
       resetResult("Try another image.");
       const mb = (MAX_UPLOAD_BYTES / 1048576).toFixed(0);
       showError({ code: "too_large", message: `The file is ${(file.size / 1048576).toFixed(1)} MB; the limit is ${mb} MB.` }, "upload");
+      revealResult();
       return;
     }
     const form = new FormData();
