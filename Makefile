@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,web,onnx,gradio,notebooks
 
-.PHONY: help venv train test lint format serve notebooks benchmarks clean
+.PHONY: help venv train test lint format serve notebooks benchmarks fonts clean
 
 help:
 	@echo "make train       train the default model on the bundled MNIST (models/, reports/)"
@@ -16,6 +16,7 @@ help:
 	@echo "make format      ruff format + ruff check --fix"
 	@echo "make notebooks   regenerate notebooks/ from the package sources"
 	@echo "make benchmarks  run every benchmark in benchmarks/ and print their tables"
+	@echo "make fonts       install the Debian handwriting fonts of benchmarks/realistic_uploads.py"
 	@echo "make clean       remove the venv, caches and training checkpoints"
 
 $(BIN)/.installed: pyproject.toml
@@ -49,6 +50,11 @@ notebooks: venv
 
 benchmarks: venv
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+FONTS := fonts-comic-neue fonts-dkg-handwriting fonts-breip fonts-bwht fonts-femkeklaver \
+	fonts-humor-sans fonts-dancingscript
+fonts:
+	apt-get update -qq && apt-get install -y -qq $(FONTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info models/*.ckpt

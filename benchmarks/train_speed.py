@@ -151,6 +151,9 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run per seed")
     parser.add_argument("--data-dir", default="data/mnist")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep the trained models in DIR (default: discard them)"
+    )
     args = parser.parse_args()
     names = GROUPS.get(args.runs) or args.runs.split(",")
     unknown = [n for n in names if n not in RUNS]
@@ -163,7 +166,8 @@ def main() -> int:
         for name in names:
             for seed in seeds:
                 start = time.perf_counter()
-                outcomes.append(run(name, seed, args.data_dir, Path(tmp), threads))
+                workdir = Path(args.keep or tmp) / f"seed{seed}"
+                outcomes.append(run(name, seed, args.data_dir, workdir, threads))
                 print(f"  {name} seed {seed} done in {time.perf_counter() - start:.0f}s wall")
     print()
     cpu = platform.processor() or platform.machine()
