@@ -43,7 +43,7 @@ def test_train_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     for fragment in (
         "--epochs EPOCHS",
-        "(default: 12)",
+        "(default: 15)",
         "--lr LR",
         "(default: 0.003)",
         "--augment, --no-augment",

@@ -11,6 +11,7 @@ from mnist_cnn.evaluate import (
     EvalResult,
     confusion_matrix,
     evaluate,
+    expected_calibration_error,
     logits_of,
     per_class_metrics,
     worst_mistakes,
@@ -64,3 +65,16 @@ def test_logits_of_restores_training_mode() -> None:
     model = MNISTCNN().train()
     logits_of(model, torch.randn(3, 1, 28, 28))
     assert model.training
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    # four examples at 0.9 confidence, three right: one bin, |0.9 - 0.75| = 0.15
+    probs = torch.full((4, 10), 0.1 / 9)
+    probs[:, 0] = 0.9
+    result = EvalResult(0.0, 0.75, torch.tensor([0, 0, 0, 1]), probs, 0.0)
+    assert expected_calibration_error(result) == pytest.approx(0.15)
+    # right every time at confidence 1: perfectly calibrated
+    sure = EvalResult(
+        0.0, 1.0, torch.tensor([0, 0]), F.one_hot(torch.tensor([0, 0]), 10).float(), 0.0
+    )
+    assert expected_calibration_error(sure) == pytest.approx(0.0)

@@ -157,6 +157,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"errors {report['errors']}/{report['examples']}  "
         f"({report['seconds']:.2f}s, {report['images_per_second']} img/s)"
     )
+    print(f"expected calibration error {100 * report['expected_calibration_error']:.2f}%")
     print("class  precision  recall  support")
     for row in report["per_class"]:
         print(

@@ -5,6 +5,7 @@ end of training, never for choosing anything.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,26 @@ def per_class_metrics(confusion: torch.Tensor) -> list[dict[str, float | int]]:
     ]
 
 
+def expected_calibration_error(result: EvalResult, bins: int = 15) -> float:
+    """How far the model's confidence is from its accuracy (0: perfectly calibrated).
+
+    Examples are grouped by confidence into equal-width bins; the gaps between each bin's
+    mean confidence and its accuracy are averaged, weighted by the bin's share of examples.
+    A model that says "92% sure" should be right 92% of the time: the web page shows these
+    numbers to people, so they should mean what they say.
+    """
+    confidence, predicted = result.probabilities.max(1)
+    correct = (predicted == result.labels).double()
+    edges = torch.linspace(0, 1, bins + 1)
+    error = 0.0
+    for lo, hi in itertools.pairwise(edges.tolist()):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            gap = confidence[in_bin].double().mean() - correct[in_bin].mean()
+            error += in_bin.double().mean().item() * abs(gap.item())
+    return error
+
+
 def worst_mistakes(result: EvalResult, k: int = 25) -> list[dict[str, Any]]:
     """The ``k`` misclassified examples the model was most confident about."""
     wrong = torch.nonzero(result.predictions != result.labels).flatten()
@@ -126,6 +147,7 @@ def build_report(result: EvalResult, model_path: str | Path, dataset_sha256: str
         "accuracy": round(result.accuracy, 6),
         "loss": round(result.loss, 6),
         "errors": int((result.predictions != result.labels).sum()),
+        "expected_calibration_error": round(expected_calibration_error(result), 6),
         "seconds": round(result.seconds, 3),
         "images_per_second": round(n / result.seconds) if result.seconds > 0 else None,
         "per_class": per_class_metrics(confusion),
