@@ -54,6 +54,7 @@ RUNS: dict[str, tuple[str, dict[str, Any], str]] = {
 GROUPS = {
     "presets": ["seed", "fast", "default"],
     "ablation": [
+        "seed",
         "default",
         "default-12",
         "smoothing",

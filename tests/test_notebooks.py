@@ -466,7 +466,11 @@ def test_a_gpu_saved_state_dict_loads_on_the_cpu(gpu_saved: tuple, test_split: d
     # The package's loader (weights_only, map_location="cpu") takes it as it is.
     loaded = load_model(path)
     assert loaded.architecture == "MNISTCNN"
-    torch.testing.assert_close(logits_of(loaded.model, x), logits_of(original, x), rtol=0, atol=0)
+    # The very same weights (load_model returns them in channels-last layout for speed, which
+    # changes the order of the convolution's sums, so logits agree to rounding, not bit for bit).
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    torch.testing.assert_close(logits_of(loaded.model, x), logits_of(original, x))
 
 
 def test_a_checkpoint_trained_on_cuda_loads_on_the_cpu(
