@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 from mnist_cnn import data
 
@@ -22,3 +24,26 @@ def train_split() -> data.Split:
 @pytest.fixture(scope="session")
 def test_split() -> data.Split:
     return data.load_split("test", DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def clear_digits(test_split: data.Split, tmp_path_factory: pytest.TempPathFactory) -> list:
+    """Two test digits of each class that the shipped model gets right with >= 90%
+    confidence on the raw MNIST pixels, saved as PNG: (path, label, uint8 28x28 pixels)."""
+    from mnist_cnn.checkpoint import load_model
+    from mnist_cnn.evaluate import evaluate
+
+    loaded = load_model(SHIPPED_MODEL)
+    result = evaluate(loaded.model, test_split, loaded.mean, loaded.std)
+    confidence = result.probabilities.max(1).values
+    clear = (result.predictions == result.labels) & (confidence >= 0.9)
+    out_dir = tmp_path_factory.mktemp("digits")
+    digits = []
+    for label in range(10):
+        for i in torch.nonzero(clear & (test_split.labels == label)).flatten()[:2].tolist():
+            pixels = test_split.images[i].numpy()
+            path = out_dir / f"test{i:05d}_label{label}.png"
+            Image.fromarray(pixels).save(path)
+            digits.append((path, label, pixels))
+    assert len(digits) == 20
+    return digits

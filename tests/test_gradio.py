@@ -20,20 +20,13 @@ from pathlib import Path
 import gradio_client  # the gradio extra: `make test` installs it, so no skip without it
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mnist_cnn import cli, gradio_app
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, load_model
-from mnist_cnn.data import Split
-from mnist_cnn.evaluate import evaluate
+from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
 from mnist_cnn.predict import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# "Clear" digits: ones the shipped model reads right with at least this probability from the
-# raw MNIST pixels. Trained with label smoothing 0.1, it rarely goes above 0.98; 80% of the
-# test set passes 0.9.
-CLEAR = 0.9
 
 
 def _free_port() -> int:
@@ -45,26 +38,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     return Predictor.from_checkpoint(SHIPPED_MODEL)
-
-
-@pytest.fixture(scope="module")
-def clear_digits(test_split: Split, tmp_path_factory: pytest.TempPathFactory) -> list:
-    """Two test digits of each class that the shipped model gets right with >= 90%
-    confidence on the raw MNIST pixels: (PNG path, label, uint8 28x28 pixels)."""
-    loaded = load_model(SHIPPED_MODEL)
-    result = evaluate(loaded.model, test_split, loaded.mean, loaded.std)
-    confidence = result.probabilities.max(1).values
-    clear = (result.predictions == result.labels) & (confidence >= CLEAR)
-    out_dir = tmp_path_factory.mktemp("digits")
-    digits = []
-    for label in range(10):
-        for i in torch.nonzero(clear & (test_split.labels == label)).flatten()[:2].tolist():
-            pixels = test_split.images[i].numpy()
-            path = out_dir / f"test{i:05d}_label{label}.png"
-            Image.fromarray(pixels).save(path)
-            digits.append((path, label, pixels))
-    assert len(digits) == 20
-    return digits
 
 
 def _as_drawing(pixels: np.ndarray, path: Path) -> Path:

@@ -37,10 +37,6 @@ from mnist_cnn.evaluate import evaluate, logits_of
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# "Clear" digits: ones the shipped model reads right with at least this probability from the
-# raw MNIST pixels. Trained with label smoothing 0.1, it rarely goes above 0.98; 80% of the
-# test set passes 0.9.
-CLEAR = 0.9
 NOTEBOOKS = REPO_ROOT / "notebooks"
 TRAINING = NOTEBOOKS / "mnist_training.ipynb"
 WEB_APP = NOTEBOOKS / "kaggle_web_app.ipynb"
@@ -150,25 +146,6 @@ def kaggle_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
         body = bytes(4 * 28 * 28 if ndim == 3 else 4)
         (decoy / f"{name}.gz").write_bytes(gzip.compress(header + body))
     return root
-
-
-@pytest.fixture(scope="module")
-def clear_digits(test_split: data.Split, tmp_path_factory: pytest.TempPathFactory) -> list:
-    """Two test digits of each class that the shipped model gets right with >= 90%
-    confidence on the raw MNIST pixels, saved as PNG files: (path, label)."""
-    loaded = load_model(SHIPPED_MODEL)
-    result = evaluate(loaded.model, test_split, loaded.mean, loaded.std)
-    confidence = result.probabilities.max(1).values
-    clear = (result.predictions == result.labels) & (confidence >= CLEAR)
-    out_dir = tmp_path_factory.mktemp("digits")
-    digits = []
-    for label in range(10):
-        for i in torch.nonzero(clear & (test_split.labels == label)).flatten()[:2].tolist():
-            path = out_dir / f"test{i:05d}_label{label}.png"
-            Image.fromarray(test_split.images[i].numpy()).save(path)
-            digits.append((path, label))
-    assert len(digits) == 20
-    return digits
 
 
 # --------------------------------------------------------------------------- generation
@@ -293,7 +270,7 @@ def test_web_app_notebook_predicts_real_digits_and_serves_them(
         PACKAGE = "embedded"
         """.replace("\n        ", "\n"),
     )
-    paths = [str(p) for p, _ in clear_digits]
+    paths = [str(p) for p, _, _ in clear_digits]
     probe = nbformat.v4.new_code_cell(
         "import json\n"
         f"results = [predict(p) for p in {paths!r}]\n"
@@ -319,7 +296,7 @@ def test_web_app_notebook_predicts_real_digits_and_serves_them(
 
     predictor = Predictor.from_checkpoint(SHIPPED_MODEL)
     results = json.loads(lines[0])
-    for (path, label), (digit, model_input, message) in zip(clear_digits, results, strict=True):
+    for (path, label, _), (digit, model_input, message) in zip(clear_digits, results, strict=True):
         assert digit == str(label), f"{path.name} read as {digit}"
         assert message.startswith(f"**{label}**")
         # The notebook's function shows the image the Predictor gives the model.
