@@ -43,7 +43,9 @@ def test_train_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     for fragment in (
         "--epochs EPOCHS",
-        "(default: 15)",
+        "(default: 12)",
+        "--translate TRANSLATE",
+        "(default: 0.06)",
         "--lr LR",
         "(default: 0.003)",
         "--augment, --no-augment",

@@ -139,6 +139,46 @@ def test_random_affine_moves_digits_but_keeps_them() -> None:
     torch.testing.assert_close(out, same)  # reproducible from the generator
 
 
+def _largest_shift(max_translate: float) -> float:
+    """The largest centre-of-mass displacement, in pixels, of a pure random translation."""
+    x = torch.zeros(256, 1, 28, 28)
+    x[:, :, 12:16, 12:16] = 1.0
+    out = data.random_affine(
+        x,
+        torch.Generator().manual_seed(0),
+        max_rotation=0.0,
+        scale=(1.0, 1.0),
+        max_translate=max_translate,
+    )
+    coords = torch.arange(28, dtype=torch.float32)
+    mass = out.sum((1, 2, 3))
+    cy = (out.sum((1, 3)) * coords).sum(1) / mass
+    cx = (out.sum((1, 2)) * coords).sum(1) / mass
+    return float(torch.maximum((cy - 13.5).abs(), (cx - 13.5).abs()).max())
+
+
+def test_random_affine_shifts_up_to_max_translate_of_the_image() -> None:
+    # 6% of 28 pixels is 1.68 px: 256 draws come close to it without passing it.
+    assert 0.9 * 0.06 * 28 < _largest_shift(0.06) <= 0.06 * 28 + 0.01
+    assert 0.9 * 0.15 * 28 < _largest_shift(0.15) <= 0.15 * 28 + 0.01
+    assert _largest_shift(0.0) < 0.01
+
+
+def test_batches_pass_the_shift_range_to_the_augmentation() -> None:
+    split = data.Split(torch.zeros(8, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
+    split.images[:, 12:16, 12:16] = 255
+
+    def first_batch(max_translate: float) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        batches = data.batches(
+            split, 8, 0.0, 1.0, generator=gen, augment=True, max_translate=max_translate
+        )
+        return next(batches)[0]
+
+    torch.testing.assert_close(first_batch(0.06), first_batch(0.06))
+    assert not torch.allclose(first_batch(0.06), first_batch(0.2))
+
+
 def test_dataset_hash_is_stable() -> None:
     assert data.dataset_sha256() == data.dataset_sha256()
     assert len(data.dataset_sha256()) == 64

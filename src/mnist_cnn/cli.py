@@ -28,6 +28,7 @@ TRAIN_HELP = {
     "schedule": "learning-rate schedule: onecycle or constant",
     "weight_decay": "Adam weight decay",
     "augment": "random small rotations, scalings and shifts of training images",
+    "translate": "largest augmentation shift, as a fraction of the image size",
     "label_smoothing": "cross-entropy label smoothing",
     "channels_last": "channels-last memory format (faster convolutions on CPU)",
     "val_size": "validation images held out (stratified) from the training set",

@@ -12,9 +12,11 @@ ends with exactly the weights an uninterrupted run would have produced.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,12 +38,13 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are the ``default`` preset."""
 
     architecture: str = "MNISTCNN"
-    epochs: int = 15
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 3e-3
     schedule: str = "onecycle"  # or "constant"
     weight_decay: float = 0.0
     augment: bool = True
+    translate: float = data.MAX_TRANSLATE  # largest augmentation shift, fraction of the image
     label_smoothing: float = 0.0
     channels_last: bool = True
     val_size: int = 5000
@@ -92,6 +95,26 @@ def config_for(preset: str = "default", **overrides: Any) -> TrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     return dataclasses.replace(TrainConfig(), **{**PRESETS[preset], **overrides})
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed blocks for reuse; True when it agreed.
+
+    Every training step allocates and frees the same 1-13 MB activation buffers. By default
+    glibc returns such blocks to the kernel (munmap, heap trimming) and takes them back a
+    page fault per 4 KB later: 1.5 million faults per epoch, seconds of system time and a
+    run time that varies with the heap's history. Holding blocks up to 32 MB in the heap,
+    and trimming only above 1 GB, keeps them for the next step. It changes no result, only
+    speed; the memory kept is at most the training peak. Elsewhere (macOS, Windows, musl)
+    this does nothing.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -190,10 +213,13 @@ def train(
 
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
         raise TrainingError("epochs and batch size must be at least 1, and lr positive")
+    if not 0 <= config.translate < 0.5:
+        raise TrainingError(f"translate must be in [0, 0.5), got {config.translate}")
     if config.schedule not in ("onecycle", "constant"):
         raise TrainingError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
     if config.threads:
         torch.set_num_threads(config.threads)
+    keep_freed_memory()
     device = resolve_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
@@ -246,6 +272,7 @@ def train(
                 shuffle=True,
                 generator=gen,
                 augment=config.augment,
+                max_translate=config.translate,
             ):
                 x = x.to(device, memory_format=memory_format)
                 y = y.to(device)
@@ -377,4 +404,12 @@ def write_outputs(
     return {"model": model_path, "metadata": model_path.with_suffix(".json"), "curves": curves}
 
 
-__all__ = ["PRESETS", "TrainConfig", "TrainResult", "TrainingError", "config_for", "train"]
+__all__ = [
+    "PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "config_for",
+    "keep_freed_memory",
+    "train",
+]
