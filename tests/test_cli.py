@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -143,9 +144,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
         "train", "--preset", "fast", "--epochs", "6", "--train-subset", "8000",
         "--threads", "1", "--model-path", str(tmp_path / "m.pth"), "--report-dir", str(tmp_path),
     ]  # fmt: skip
+    # A shell without job control starts background jobs with SIGINT ignored, and children
+    # inherit that (then Python installs no KeyboardInterrupt handler): give the child the
+    # default disposition that a terminal's Ctrl-C meets.
     proc = subprocess.Popen(
         [sys.executable, "-m", "mnist_cnn", *args], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": ""},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:

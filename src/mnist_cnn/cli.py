@@ -105,7 +105,10 @@ def _train(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     print(f"training {config.architecture} ({args.preset} preset) for {config.epochs} epochs")
     try:
-        result = train(config, resume=args.resume, progress=progress, log=print)
+        # Flushed per line: a log piped to `tee` or a file shows each epoch as it ends.
+        result = train(
+            config, resume=args.resume, progress=progress, log=lambda line: print(line, flush=True)
+        )
     except (DatasetError, TrainingError, ValueError) as exc:
         return _fail(str(exc))
     if result.interrupted:
