@@ -259,14 +259,12 @@ def test_training_notebook_runs_alone_and_saves_a_model_that_works(
 def test_web_app_notebook_predicts_real_digits_and_serves_them(
     tmp_path: Path, clear_digits: list
 ) -> None:
-    port = _free_port()
     nb = _with_parameters(
         WEB_APP,
         f"""
         MODEL_PATH = {str(SHIPPED_MODEL)!r}
         TRAIN_IF_MISSING = False
         SHARE = False  # never a tunnel in tests
-        SERVER_PORT = {port}
         PACKAGE = "embedded"
         """.replace("\n        ", "\n"),
     )
@@ -279,6 +277,11 @@ def test_web_app_notebook_predicts_real_digits_and_serves_them(
     )
     client = _client(nb, tmp_path)
     with client.setup_kernel():
+        # The port is picked once the kernel has bound its own random TCP ports: picked
+        # before, it could be one of them, and Gradio would find it taken.
+        port = _free_port()
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        params.source += f"SERVER_PORT = {port}\n"
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
         nb.cells.append(probe)
