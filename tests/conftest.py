@@ -3,6 +3,7 @@ gzipped files takes about a second, and many tests need it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,17 @@ def clear_digits(test_split: data.Split, tmp_path_factory: pytest.TempPathFactor
             digits.append((path, label, pixels))
     assert len(digits) == 20
     return digits
+
+
+@pytest.fixture
+def cli_help(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """``cli_help("train")``: that command's --help text, whitespace collapsed (it must exit 0)."""
+    from mnist_cnn.cli import main
+
+    def run(*command: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    return run

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,8 @@ def test_module_entry_point_lists_commands() -> None:
         assert command in proc.stdout
 
 
-def test_train_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--help"])
-    assert exit_info.value.code == 0
-    out = " ".join(capsys.readouterr().out.split())
+def test_train_help_shows_defaults(cli_help: Callable[..., str]) -> None:
+    out = cli_help("train")
     for fragment in (
         "--epochs EPOCHS",
         "(default: 12)",

@@ -123,6 +123,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from mnist_cnn.train import TrainConfig  # evaluate reads where training writes
+
+    d = TrainConfig()
     p = sub.add_parser(
         "evaluate",
         help="evaluate a checkpoint on the MNIST test set",
@@ -131,9 +134,11 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "seed-format state_dict.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="models/mnist_cnn_model.pth", help="weights file (.pth)")
-    p.add_argument("--data-dir", default="data/mnist", help="directory with the MNIST IDX files")
-    p.add_argument("--report-dir", default="reports", help="where to write the report and figures")
+    p.add_argument("--model", default=d.model_path, help="weights file (.pth)")
+    p.add_argument("--data-dir", default=d.data_dir, help="directory with the MNIST IDX files")
+    p.add_argument(
+        "--report-dir", default=d.report_dir, help="where to write the report and figures"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per core)")
     p.set_defaults(handler=_evaluate)
 
@@ -438,6 +443,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    from mnist_cnn.train import TrainConfig  # export reads where training writes
+
     p = sub.add_parser(
         "export",
         help="export a model to ONNX (checked against PyTorch)",
@@ -446,7 +453,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         "1e-4. Needs the onnx extra: pip install 'mnist-cnn[onnx]'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="models/mnist_cnn_model.pth", help="weights file (.pth)")
+    p.add_argument("--model", default=TrainConfig.model_path, help="weights file (.pth)")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
     p.add_argument(
         "--output", default=None, help="where to write it (default: beside the weights, with .onnx)"
