@@ -26,9 +26,26 @@ import torch
 from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, load_model, metadata_path
 from mnist_cnn.evaluate import logits_of
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES
-from mnist_cnn.preprocess import MAX_PIXELS, WORK_SIDE, ImageSource, load_image, normalise, to_mnist
+from mnist_cnn.preprocess import MAX_PIXELS, ImageSource, Located, normalise, prepare
 
 BACKENDS = ("torch", "onnx")
+
+
+# A prediction's status: "ok", or "unsure" when the input is probably not one digit or the
+# model cannot tell (the reason says which). "Not sure" is an answer, not an error.
+OK = "ok"
+UNSURE = "unsure"
+
+
+@dataclass(frozen=True)
+class Unsure:
+    """Why a prediction is "unsure": a machine-readable ``code`` and a sentence for people."""
+
+    code: str  # "ambiguous", "not_a_digit", "several_marks"
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -40,12 +57,21 @@ class Prediction:
     probabilities: tuple[float, ...]  # 10, summing to 1
     top3: tuple[tuple[int, float], ...]  # (digit, probability), most likely first
     model_input: np.ndarray = field(repr=False, compare=False)  # uint8 (28, 28)
+    reason: Unsure | None = None  # None: the model is sure
+
+    @property
+    def status(self) -> str:
+        """``"ok"`` or ``"unsure"``."""
+        return OK if self.reason is None else UNSURE
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: digit, confidence, probabilities and top3 (without the image)."""
+        """JSON-ready: digit, confidence, status and reason, probabilities and top3 (without
+        the image). ``reason`` is null when the status is "ok"."""
         return {
             "digit": self.digit,
             "confidence": round(self.confidence, 6),
+            "status": self.status,
+            "reason": None if self.reason is None else self.reason.to_dict(),
             "probabilities": [round(p, 6) for p in self.probabilities],
             "top3": [{"digit": d, "probability": round(p, 6)} for d, p in self.top3],
         }
@@ -191,7 +217,12 @@ class Predictor:
 
     def prepare(self, image: ImageSource) -> np.ndarray:
         """The uint8 (28, 28) image the model sees for ``image``. Raises ``ImageError``."""
-        return to_mnist(load_image(image, self.max_pixels, max_side=WORK_SIDE))
+        return self.locate(image).image
+
+    def locate(self, image: ImageSource) -> Located:
+        """The located digit of ``image`` (its 28x28 input, box and marks). Raises
+        ``ImageError``."""
+        return prepare(image, self.max_pixels)
 
     def predict_inputs(self, inputs: np.ndarray) -> list[Prediction]:
         """Classify prepared uint8 (N, 28, 28) images (from ``prepare``) in one batched pass."""

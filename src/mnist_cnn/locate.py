@@ -1,0 +1,601 @@
+"""Where the digit is, and the MNIST look: a grayscale image -> the 28x28 model input.
+
+MNIST digits are white on black, anti-aliased, fitted into a 20x20 box with their aspect
+ratio kept and placed in a 28x28 field so that their centre of mass sits at the centre.
+People give us phone photos of a sheet on a desk, pages crossed by a hand's shadow, ruled
+and squared paper, pencil, coloured ink on sticky notes, crops of a written number, and
+drawings on a pad. ``locate`` finds the one digit in such an image and redraws it the MNIST
+way, with OpenCV doing the image processing:
+
+1. Work on a copy whose longest side is at most ``WORK_SIDE`` pixels; analyse a half-size
+   copy of that (stroke scale, where sensor noise is halved and dithering averages out).
+2. Polarity: a sheet of paper lying on a darker desk (a large, bright, convex region whose
+   darker surround reaches the image's edge) means dark ink. Otherwise the background is
+   the level that the whole image and its border agree on; when they disagree (a shadow
+   over the border, a pad half covered in ink) the strokes decide: thin structures of the
+   true polarity survive a morphological background estimate, the other polarity's do not.
+3. Background: a morphological closing (opening for light ink) with a window wider than any
+   stroke removes the strokes and keeps everything large, so the desk, a hard shadow's
+   edge, vignetting and uneven light all become "background". Ink is the relative darkening
+   against it, which is the same in the shadow as in the light.
+4. Lines: long thin straight structures that cross the page (ruled and squared paper, a red
+   margin line) are found with a probabilistic Hough transform and removed, and the gaps
+   they leave in the strokes that cross them are closed again.
+5. The digit: connected components of the ink; specks dropped; pieces cut by the image's
+   edge (neighbouring digits of a number, the edge of a sheet) dropped when a whole piece
+   exists; the pieces that belong together (a broken 4, the detached bar of a 5) grouped.
+6. The MNIST look: the digit's box at full working resolution, strokes far thinner or
+   thicker than MNIST's brought into its range, the longest side fitted into 20 pixels and
+   the centre of mass placed at MNIST's centre of the 28x28 field.
+
+Everything is a pure function of NumPy arrays. One 640x480 photo takes about 1.5 ms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from mnist_cnn.decode import NoDigitError, UnsupportedImageError
+
+# The analysis runs on images whose longest side is at most this many pixels: enough for a
+# digit that covers a tenth of a photo to keep ~30 pixels, small enough to stay fast.
+WORK_SIDE = 320
+
+# The MNIST geometry.
+FIELD = 28  # the image is 28x28 ...
+BOX = 20  # ... with the digit's longest side fitted into 20 pixels
+# MNIST's mean centre of mass in (row, column) pixel coordinates, measured on the training
+# set (tests/test_preprocess.py checks it against the data): slightly right of and below the
+# geometric centre 13.5, because NIST's centring rounded towards higher indices.
+MNIST_CENTRE = (14.0, 14.0)
+# MNIST's stroke width in pixels of the 28x28 image, measured with ``stroke_width`` on the
+# training set (tests/test_preprocess.py checks these against the data): median 2.5, 5th
+# percentile 1.7, 95th 3.8. Strokes outside [STROKE_MIN, STROKE_MAX], which the network has
+# rarely seen (a ballpoint on a big photo, a marker on a small canvas), are brought back:
+# thin ones dilated to STROKE_TARGET (MNIST's lower quartile: thickening more would close
+# the small loops of 6, 8 and 9), thick ones eroded towards STROKE_MAX.
+STROKE_MIN = 1.7
+STROKE_MAX = 4.2
+STROKE_TARGET = 2.0
+
+# "No digit" thresholds: the ink must stand out from the background by at least this much
+# of the full [0, 1] range, and by this many times the background's noise level.
+MIN_CONTRAST = 0.12
+MIN_SNR = 8.0
+# A digit's extent must be at least this fraction of the image's longest side (and at
+# least MIN_EXTENT_PX pixels): a lone dot or a speck is not a digit.
+MIN_EXTENT = 0.04
+MIN_EXTENT_PX = 4
+
+# The first background window, as a fraction of the analysed image's shorter side: wider
+# than the thickest stroke (a marker digit that fills a photo has strokes a fifth of its
+# height). A second pass then tightens it to a few stroke widths.
+BACKGROUND_WINDOW = 0.45
+# Ink levels (solid ink is 1): pieces of ink are what stands above WEAK_INK, and a piece
+# counts only if some of it reaches STRONG_INK.
+WEAK_INK = 0.2
+STRONG_INK = 0.5
+# A line to remove spans at least this fraction of the page (or sheet) it lies on: ruled
+# and grid lines cross the whole page, a "1" in a tight crop does not reach both edges.
+LINE_SPAN = 0.8
+
+
+@dataclass(frozen=True)
+class Located:
+    """A located digit: the model input and where it came from."""
+
+    image: np.ndarray  # uint8 (28, 28), white digit on black, MNIST's geometry
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in the input's pixels, end exclusive
+    marks: int  # separate substantial marks in the digit's box (2 or more: maybe not one digit)
+    dark_ink: bool  # the polarity found: dark ink on a light background
+
+
+# --------------------------------------------------------------------------- small tools
+
+
+def _odd(n: float) -> int:
+    return max(3, int(n) // 2 * 2 + 1)
+
+
+def _resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area averaging when shrinking (anti-aliasing, as MNIST was made), bilinear when
+    enlarging."""
+    if a.shape == (height, width):
+        return a
+    shrinking = height <= a.shape[0] and width <= a.shape[1]
+    method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(a, (width, height), interpolation=method)
+
+
+def stroke_width(image: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean stroke width in pixels of a white-on-black image, from area and perimeter.
+
+    A stroke of width w and length L has area w*L and a perimeter of about 2L, so
+    w = 2 * area / perimeter. The perimeter is counted along pixel edges, which overstates
+    a curve's length by 4/pi on average over directions (Cauchy-Crofton), hence the pi/4.
+    """
+    mask = np.asarray(image, dtype=np.float32) > threshold
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    m = np.pad(mask, 1)
+    edges = int((m[1:, :] != m[:-1, :]).sum() + (m[:, 1:] != m[:, :-1]).sum())
+    return 2.0 * area / (edges * math.pi / 4.0)
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+# --------------------------------------------------------------------------- polarity
+
+
+def _find_sheet(small: np.ndarray) -> np.ndarray | None:
+    """The mask of a sheet of paper (or a sticky note) lying on a darker surface, or None.
+
+    A sheet is large, bright and convex; the darker surface reaches the image's edge; and
+    the sheet's edge is a step, crossed within a few pixels (vignetting and uneven light
+    darken the corners of a page that fills the frame gradually). Otsu's threshold splits
+    paper from desk; the convex hull of the largest bright piece closes over the ink.
+    """
+    h, w = small.shape
+    # An opening after the median removes the bright streaks of a wood grain that would
+    # join the sheet to the desk; the dark ink it spreads stays inside the sheet's hull.
+    side = _odd(0.03 * min(h, w))
+    smooth = cv2.morphologyEx(
+        cv2.medianBlur(small, 5),
+        cv2.MORPH_OPEN,
+        cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)),
+    )
+    level, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    dark = bright == 0
+    if not 0.05 <= dark.mean() <= 0.85:
+        return None
+    light_mean, dark_mean = float(smooth[~dark].mean()), float(smooth[dark].mean())
+    if light_mean - dark_mean < 0.15 * 255:
+        return None
+    edge = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+    if edge.mean() < 0.1:  # the surface must surround the sheet, not sit inside it
+        return None
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    if n < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    area = int(stats[largest, cv2.CC_STAT_AREA])
+    if area < 0.12 * h * w:
+        return None
+    hull = cv2.convexHull(cv2.findNonZero((labels == largest).astype(np.uint8)))
+    sheet = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(sheet, hull, 1)
+    # Paper is mostly paper: light strokes on a dark pad form a bright piece too, but its
+    # hull is half dark pad.
+    if float((smooth[sheet > 0] > level).mean()) < 0.8:
+        return None
+    ring = _disk(2)
+    inner = (sheet > 0) & (cv2.erode(sheet, ring, borderType=cv2.BORDER_REPLICATE) == 0)
+    outer = (cv2.dilate(sheet, ring) > 0) & (sheet == 0)
+    if not inner.any() or not outer.any():
+        return None
+    step = float(np.median(smooth[inner])) - float(np.median(smooth[outer]))
+    if step < 0.3 * (light_mean - dark_mean):
+        return None
+    return sheet > 0
+
+
+def _dark_ink(small: np.ndarray, sheet: np.ndarray | None, window: int) -> bool:
+    """True when the ink is darker than its background (see the module docstring).
+
+    Strokes are thin, so around every stroke the background is the local majority: a
+    median over a window wider than the strokes is the background (a median keeps the hard
+    edges of a shadow or of a desk, where a mean would smear them), and the ink is the
+    sign of the strong departures from it.
+    """
+    if sheet is not None:
+        return True
+    if min(small.shape) >= 64:
+        return _dark_ink_local(small, window)
+    # A small image is a tight crop (an MNIST-sized digit, an icon): the digit is large
+    # against any window, and the border is the background.
+    return _dark_ink_border(small)
+
+
+def _dark_ink_local(small: np.ndarray, window: int) -> bool:
+    residual = small.astype(np.int16) - cv2.medianBlur(small, window).astype(np.int16)
+    diffs = np.abs(np.diff(residual, axis=1)).ravel()
+    sigma = 1.4826 * float(np.median(diffs)) / math.sqrt(2.0)
+    strong = max(4.0 * sigma, 0.08 * 255)
+    dark = float(-residual[residual < -strong].sum())
+    light = float(residual[residual > strong].sum())
+    if dark or light:
+        return dark >= light
+    return _dark_ink_border(small)  # nothing stands out anywhere
+
+
+def _dark_ink_border(small: np.ndarray) -> bool:
+    """The border is the background; the ink departs furthest from it."""
+    b = max(1, round(0.03 * min(small.shape)))
+    border = np.concatenate(
+        [small[:b].ravel(), small[-b:].ravel(), small[:, :b].ravel(), small[:, -b:].ravel()]
+    )
+    level = float(np.median(border))
+    return level - float(small.min()) >= float(small.max()) - level
+
+
+# --------------------------------------------------------------------------- ink
+
+
+@dataclass(frozen=True)
+class _Ink:
+    """How to turn gray levels into ink in [0, 1]: polarity, background, noise floor and the
+    level of solid ink (relative darkening for dark ink, brightening for light ink)."""
+
+    dark_ink: bool
+    background: np.ndarray  # float32, the analysed image's size
+    floor: float
+    solid: float
+
+    def response(self, gray: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Raw ink response of ``gray`` against ``background`` (same shapes, float32)."""
+        if self.dark_ink:
+            # Relative darkening: ink in a shadow is as dark, relative to the paper around it,
+            # as ink in the light.
+            return (background - gray) / np.maximum(background, 0.05)
+        return gray - background
+
+    def apply(self, gray: np.ndarray, background: np.ndarray) -> np.ndarray:
+        r = self.response(gray, background)
+        r -= self.floor
+        r *= 1.0 / (self.solid - self.floor)
+        return np.clip(r, 0.0, 1.0, out=r)
+
+
+def _background(smooth: np.ndarray, small: np.ndarray, dark: bool, window: int) -> np.ndarray:
+    """The background under the strokes: a closing for dark ink (an opening for light ink)
+    with a square ``window``, never on the ink's side of the image itself."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (window, window))
+    op = cv2.MORPH_CLOSE if dark else cv2.MORPH_OPEN
+    background = cv2.morphologyEx(smooth, op, kernel).astype(np.float32) / 255.0
+    return np.maximum(background, small) if dark else np.minimum(background, small)
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """The typical width in pixels of the strokes in a binary mask: twice the median of the
+    distance transform along its ridges (the strokes' centre lines)."""
+    dt = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    ridge = (dt > 0) & (dt >= cv2.dilate(dt, np.ones((3, 3), np.uint8)))
+    return 2.0 * float(np.median(dt[ridge])) if ridge.any() else 0.0
+
+
+def _largest_inner(mask: np.ndarray) -> np.ndarray:
+    """The largest connected piece of ``mask`` that does not touch the image's edge (the
+    whole mask when every piece does): the digit, most likely, rather than a desk's grain."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    h, w = mask.shape
+    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
+    inner = (x0 > 0) & (y0 > 0) & (x1 < w) & (y1 < h)
+    if not inner.any():
+        return mask
+    areas = np.where(inner, stats[1:, cv2.CC_STAT_AREA], 0)
+    return labels == 1 + int(np.argmax(areas))
+
+
+def _measure_ink(small: np.ndarray, sheet: np.ndarray | None, window: int) -> _Ink:
+    """Polarity, background, noise and ink level of the analysed image (float32 in [0, 1])."""
+    u8 = np.round(small * 255).astype(np.uint8)
+    dark = _dark_ink(u8, sheet, window)
+    # A 3x3 median first: a closing's max filter would otherwise lift the background onto
+    # the peaks of the sensor noise.
+    smooth = cv2.medianBlur(u8, 3)
+    background = _background(smooth, small, dark, window)
+    r = _Ink(dark, background, 0.0, 1.0).response(small, background)
+    # A second, tighter background: a window a few strokes wide. What is wider than that
+    # (the tip of a shadow, a streak of wood grain, a fold) joins the background instead of
+    # passing for ink; a window as wide as the whole digit would keep all of that.
+    strong = r > 0.5 * float(np.percentile(r, 99.5))
+    width = _stroke_width(_largest_inner(strong))
+    tight = _odd(max(3.0, 4.0 * width + 1))
+    if 0 < width and tight < window:
+        background = _background(smooth, small, dark, tight)
+    ink = _Ink(dark, background, 0.0, 1.0)
+    r = ink.response(small, background)
+    # Noise from differences of horizontal neighbours (immune to the slow variations that
+    # are left), as a robust standard deviation.
+    diffs = np.abs(r[:, 1:] - r[:, :-1]).ravel()
+    sigma = 1.4826 * float(np.median(diffs)) / math.sqrt(2.0)
+    standing_out = r > max(5.0 * sigma, 0.5 * MIN_CONTRAST)
+    if np.count_nonzero(standing_out) < 4:
+        raise NoDigitError("no digit found: the image is blank")
+    if sheet is not None and np.count_nonzero(standing_out & sheet) >= 20:
+        standing_out &= sheet  # the writing's level, not the desk's grain
+    solid = float(np.percentile(r[standing_out], 90))
+    if solid < MIN_CONTRAST or solid < MIN_SNR * sigma:
+        raise NoDigitError(
+            f"no digit found: nothing stands out from the background (contrast "
+            f"{solid:.2f}, noise {sigma:.3f})"
+        )
+    # Ink is what stands above the noise floor, scaled so that solid ink is 1.
+    return _Ink(dark, background, 3.0 * sigma, solid)
+
+
+def _ink_on_sheet(ink: np.ndarray, sheet: np.ndarray) -> bool:
+    """Whether the writing lies on the sheet: a desk holds none, but the shaded side of a
+    hard shadow (which looks like a desk beside a sheet) does. The largest piece of ink
+    that the image's edge does not cut decides (a desk's grain is many small pieces)."""
+    piece = _largest_inner(ink > STRONG_INK)
+    return bool(piece.any()) and float(ink[piece & ~sheet].sum()) <= 0.1 * float(ink[piece].sum())
+
+
+# --------------------------------------------------------------------------- lines
+
+
+def _remove_lines(mask: np.ndarray, sheet: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(the mask without long straight lines, the mask of what was removed).
+
+    A line to remove spans nearly the whole page (``LINE_SPAN`` of the sheet's or the
+    image's extent in its direction) and is thin. Strokes that cross a line lose the
+    line's width; a closing across the line's direction joins them again.
+    """
+    h, w = mask.shape
+    if sheet is not None:
+        ys, xs = np.nonzero(sheet)
+        span_w, span_h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    else:
+        span_w, span_h = w, h
+    shortest = LINE_SPAN * min(span_w, span_h)
+    u8 = mask.astype(np.uint8)
+    segments = cv2.HoughLinesP(
+        u8,
+        1,
+        np.pi / 180,
+        threshold=max(10, int(0.5 * shortest)),
+        minLineLength=shortest,
+        maxLineGap=max(2, int(0.03 * max(h, w))),
+    )
+    if segments is None:
+        return mask, np.zeros_like(mask)
+    lines = np.zeros((h, w), np.uint8)
+    for x0, y0, x1, y1 in segments.reshape(-1, 4):
+        horizontal = abs(x1 - x0) >= abs(y1 - y0)
+        extent = abs(x1 - x0) if horizontal else abs(y1 - y0)
+        if extent < LINE_SPAN * (span_w if horizontal else span_h):
+            continue
+        cv2.line(lines, (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=3)
+    if not lines.any():
+        return mask, np.zeros_like(mask)
+    # The line's own pixels: ink inside the band whose thickness across the line is that of
+    # a line, not of a stroke running along or across it. Removing the whole band, then
+    # closing across it, keeps the crossing strokes.
+    band = (lines > 0) & mask
+    rest = mask & ~band
+    bridge = cv2.morphologyEx(
+        rest.astype(np.uint8), cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (1, 5))
+    ) | cv2.morphologyEx(
+        rest.astype(np.uint8), cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 1))
+    )
+    restored = band & (bridge > 0)
+    cleaned = rest | restored
+    return cleaned, band & ~restored
+
+
+# --------------------------------------------------------------------------- the digit
+
+
+def _keep_digit(
+    ink: np.ndarray, weak: np.ndarray, sheet: np.ndarray | None
+) -> tuple[np.ndarray, int]:
+    """(where the digit is, as a mask of ``ink``'s shape; how many separate substantial
+    marks it holds): the main connected piece of ink and the pieces that belong to it,
+    without specks, neighbours cut by the image's edge, or marks off the sheet.
+
+    Pieces are the connected components of the weak ink that hold some strong ink
+    (hysteresis, as Canny's edges): the faint stretch of a thin or fast stroke joins the
+    stroke instead of breaking it into pieces, and faint smudges on their own are dropped.
+    """
+    h, w = ink.shape
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8), connectivity=8)
+    masses = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=n)
+    has_strong = np.zeros(n, dtype=bool)
+    has_strong[labels[ink >= STRONG_INK]] = True
+    masses[~has_strong] = 0.0
+    masses = masses[1:]
+    if n < 2 or not masses.any():
+        raise NoDigitError("no digit found: only faint marks")
+    x0 = stats[1:, cv2.CC_STAT_LEFT]
+    y0 = stats[1:, cv2.CC_STAT_TOP]
+    x1 = x0 + stats[1:, cv2.CC_STAT_WIDTH] - 1
+    y1 = y0 + stats[1:, cv2.CC_STAT_HEIGHT] - 1
+    boxes = list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), strict=True))
+    count = n - 1
+    touches = [b[0] == 0 or b[2] == 0 or b[1] == h - 1 or b[3] == w - 1 for b in boxes]
+    if sheet is not None:
+        # Marks off the sheet (slivers of desk, its grain, a pen beside the sheet) are not
+        # the digit, whatever their size; a digit may run into a shadow that looks like desk.
+        on_sheet = np.bincount(labels.ravel(), weights=sheet.ravel(), minlength=n)[1:]
+        off = on_sheet < 0.2 * stats[1:, cv2.CC_STAT_AREA]
+    else:
+        off = np.zeros(count, dtype=bool)
+    # Where a person would look: the biggest piece on the sheet, preferring pieces that are
+    # whole (not cut by the image's edge: a neighbour in a crop of a number, the edge of a
+    # page) when one of comparable mass exists.
+    order = sorted(range(count), key=lambda i: -masses[i])
+    on = [i for i in order if not off[i] and masses[i] > 0] or order
+    main = on[0]
+    whole = [i for i in on if not touches[i]]
+    if whole and touches[main] and masses[whole[0]] >= 0.2 * masses[main]:
+        main = whole[0]
+    # Pieces that are not strokes (the solid tip of a shadow, a blot) join no digit: a
+    # stroke is nowhere much wider than the main piece's strokes.
+    dt = cv2.distanceTransform(weak.astype(np.uint8), cv2.DIST_L2, 3)
+    main_dt = dt[labels == main + 1]
+    half_width = float(np.median(main_dt[main_dt >= np.percentile(main_dt, 50)]))
+    thick = np.bincount(labels.ravel(), weights=(dt > 2.0 * half_width + 1.5).ravel(), minlength=n)
+    stroke_like = (thick[1:] <= 0.1 * stats[1:, cv2.CC_STAT_AREA]).tolist()
+    chosen = {main}
+    by0, by1, bx0, bx1 = boxes[main]
+    grew = True
+    while grew:
+        grew = False
+        size = max(by1 - by0, bx1 - bx0) + 1
+        total = sum(masses[i] for i in chosen)
+        for i in range(count):
+            if i in chosen or off[i] or masses[i] == 0:
+                continue
+            a0, a1, b0, b1 = boxes[i]
+            gap = max(a0 - by1, by0 - a1, b0 - bx1, bx0 - b1, 0)
+            inside = a0 >= by0 and a1 <= by1 and b0 >= bx0 and b1 <= bx1
+            # A piece beside the digit (no overlap in columns) is a neighbour unless it
+            # almost touches; pieces above or below (the bar of a 5, a broken 4) belong.
+            columns_overlap = b0 <= bx1 and b1 >= bx0
+            cut = touches[i] and not touches[main]
+            near = (
+                gap <= (0.3 if columns_overlap else 0.08) * size
+                and masses[i] >= 0.01 * total
+                and not cut
+            )
+            substantial = gap <= size and masses[i] >= 0.1 * total and not cut and columns_overlap
+            side_by_side = (
+                not columns_overlap and not cut and gap <= 0.6 * size and masses[i] >= 0.3 * total
+            )
+            if (inside and masses[i] >= 0.002 * total) or near or substantial or side_by_side:
+                chosen.add(i)
+                by0, by1, bx0, bx1 = min(by0, a0), max(by1, a1), min(bx0, b0), max(bx1, b1)
+                grew = True
+    chosen = {i for i in chosen if i == main or stroke_like[i]}
+    total = sum(masses[i] for i in chosen)
+    marks = sum(1 for i in chosen if masses[i] >= 0.25 * total)
+    lut = np.zeros(n, dtype=np.uint8)
+    lut[[i + 1 for i in chosen]] = 1
+    kept = lut[labels]
+    return kept.astype(bool), marks
+
+
+# --------------------------------------------------------------------------- the MNIST look
+
+
+def _fit_box(digit: np.ndarray) -> np.ndarray:
+    """A cropped digit -> its longest side fitted into BOX pixels, strokes of MNIST width."""
+    h, w = digit.shape
+    # Work at 4x the final resolution: stroke corrections happen there, and the final 4x4
+    # area average reproduces MNIST's anti-aliasing.
+    up = 4
+    side = BOX * up
+    hh, ww = max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w)))
+    big = _resize(digit, hh, ww)
+    width = stroke_width(big) / up  # in pixels of the 20x20 box
+    if 0 < width < STROKE_MIN or width > STROKE_MAX:
+        # Pen strokes on a big photo end up far thinner than MNIST's, marker strokes on a
+        # small canvas far thicker. Thin strokes are dilated to the typical width; thick
+        # ones are eroded only down to the upper bound, and by at most a third of their
+        # width, so that narrower parts of a bold stroke do not vanish.
+        thin = width < STROKE_MIN
+        change = (STROKE_TARGET - width) if thin else min(width - STROKE_MAX, width / 3)
+        radius = round(change * up / 2)
+        if radius:
+            if thin:
+                big = cv2.dilate(np.pad(big, radius), _disk(radius))
+            else:
+                big = cv2.erode(big, _disk(radius))
+            ys, xs = np.nonzero(big > 0.05)
+            if ys.size:
+                big = big[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            hh, ww = big.shape
+    small_h = max(1, round(hh * BOX / max(hh, ww)))
+    small_w = max(1, round(ww * BOX / max(hh, ww)))
+    small = _resize(big, small_h, small_w)
+    top = float(small.max())
+    # MNIST's strokes are saturated at their core; area averaging dims thin strokes.
+    return np.clip(small / top, 0.0, 1.0) if top > 0 else small
+
+
+def _place(small: np.ndarray) -> np.ndarray:
+    """Place a digit in the 28x28 field with its centre of mass at MNIST's centre."""
+    h, w = small.shape
+    m = cv2.moments(small)
+    cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
+    # Integer shifts, as MNIST was made (no extra blur); clamped so nothing is cut off.
+    top = min(max(round(MNIST_CENTRE[0] - cy), 0), FIELD - h)
+    left = min(max(round(MNIST_CENTRE[1] - cx), 0), FIELD - w)
+    out = np.zeros((FIELD, FIELD), dtype=np.float32)
+    out[top : top + h, left : left + w] = small
+    return out
+
+
+def locate(gray: np.ndarray) -> Located:
+    """Find the digit in a grayscale float (H, W) image in [0, 1] and make the model input.
+
+    Raises ``NoDigitError`` when the image is blank or holds nothing digit-sized, and
+    ``UnsupportedImageError`` for an array that is not a 2-D image.
+    """
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.ndim != 2 or min(gray.shape) < 1:
+        raise UnsupportedImageError(f"expected a 2-D grayscale image, got shape {gray.shape}")
+    h0, w0 = gray.shape
+    scale = 1.0
+    if max(h0, w0) > WORK_SIDE:
+        scale = WORK_SIDE / max(h0, w0)
+        gray = _resize(gray, max(1, round(h0 * scale)), max(1, round(w0 * scale)))
+    if min(gray.shape) < 2 or float(gray.max() - gray.min()) < MIN_CONTRAST:
+        raise NoDigitError("no digit found: the image is blank")
+    h, w = gray.shape
+    # The analysis runs on a half-size copy of larger images: strokes are still several
+    # pixels wide there, sensor noise is halved, and it costs a quarter. Only the digit's
+    # box is then processed at full working resolution.
+    f = 2 if min(h, w) >= 64 else 1
+    small = _resize(gray, max(1, h // f), max(1, w // f)) if f > 1 else gray
+    sh, sw = small.shape
+    window = _odd(BACKGROUND_WINDOW * min(sh, sw))
+    sheet = _find_sheet(np.round(small * 255).astype(np.uint8)) if f > 1 else None
+    levels = _measure_ink(small, sheet, window)
+    ink_small = levels.apply(small, levels.background)
+    if sheet is not None and not _ink_on_sheet(ink_small, sheet):
+        sheet = None  # the "sheet" was the lit side of a shadow: the ink lies in its shade
+    if sheet is not None:
+        # Only what is on the sheet, away from its edge (where paper meets desk in a line).
+        margin = _disk(max(1, round(0.015 * min(sh, sw))))
+        ink_small *= cv2.erode(sheet.astype(np.uint8), margin, borderType=cv2.BORDER_REPLICATE)
+    weak, lines = _remove_lines(ink_small > WEAK_INK, sheet)
+    keep, marks = _keep_digit(ink_small, weak, sheet)
+    ys, xs = np.nonzero(keep)
+    extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    if extent < max(MIN_EXTENT_PX, MIN_EXTENT * max(sh, sw)):
+        raise NoDigitError("no digit found: the only marks are too small to be a digit")
+    # The faint anti-aliased rim of each stroke belongs to it; the lines do not.
+    keep = cv2.dilate(keep.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    keep &= ~lines
+    ys, xs = np.nonzero(keep)
+    # The box at full working resolution, one analysed pixel wider on each side.
+    r0, r1 = max(0, (ys.min() - 1) * f), min(h, (ys.max() + 2) * f)
+    c0, c1 = max(0, (xs.min() - 1) * f), min(w, (xs.max() + 2) * f)
+    if f > 1:
+        background = cv2.resize(levels.background, (w, h), interpolation=cv2.INTER_LINEAR)
+        keep_full = cv2.resize(keep.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    else:
+        background, keep_full = levels.background, keep.astype(np.uint8)
+    ink = levels.apply(gray[r0:r1, c0:c1], background[r0:r1, c0:c1])
+    ink *= keep_full[r0:r1, c0:c1]
+    ys, xs = np.nonzero(ink > 0.05)
+    if ys.size == 0:
+        raise NoDigitError("no digit found: the image is blank")
+    digit = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    field = _place(_fit_box(digit))
+    box = (
+        int((c0 + xs.min()) / scale),
+        int((r0 + ys.min()) / scale),
+        min(w0, math.ceil((c0 + xs.max() + 1) / scale)),
+        min(h0, math.ceil((r0 + ys.max() + 1) / scale)),
+    )
+    return Located(np.round(field * 255.0).astype(np.uint8), box, marks, levels.dark_ink)
+
+
+def to_mnist(gray: np.ndarray) -> np.ndarray:
+    """Grayscale float (H, W) in [0, 1] -> uint8 (28, 28) as MNIST: white digit on black,
+    longest side fitted into 20x20 keeping the aspect ratio, centred by centre of mass.
+
+    Raises ``NoDigitError`` when the image is blank or holds nothing digit-sized.
+    """
+    return locate(gray).image
