@@ -79,6 +79,14 @@ BACKGROUND_WINDOW = 0.45
 # counts only if some of it reaches STRONG_INK.
 WEAK_INK = 0.2
 STRONG_INK = 0.5
+# How far (analysed pixels) across a removed line a stroke gives its band pixels back.
+LINE_MEND = 3
+# A sheet of paper holds a disc of at least this radius, as a fraction of the image's
+# shorter side, free of ink.
+SHEET_ROOM = 0.12
+# How much of its smallest bounding rectangle a sheet of paper fills, at least: a trapezoid
+# of slight perspective fills about 0.9, a disc 0.79.
+RECTANGULARITY = 0.85
 # A line to remove spans at least this fraction of the page (or sheet) it lies on: ruled
 # and grid lines cross the whole page, a "1" in a tight crop does not reach both edges.
 LINE_SPAN = 0.8
@@ -155,6 +163,8 @@ def _find_sheet(small: np.ndarray) -> np.ndarray | None:
     dark = bright == 0
     if not 0.05 <= dark.mean() <= 0.85:
         return None
+    if np.bincount(small[dark]).max() > 0.5 * np.count_nonzero(dark):
+        return None  # a flat surround (one gray level) is a drawing's background, no desk
     light_mean, dark_mean = float(smooth[~dark].mean()), float(smooth[dark].mean())
     if light_mean - dark_mean < 0.15 * 255:
         return None
@@ -168,12 +178,22 @@ def _find_sheet(small: np.ndarray) -> np.ndarray | None:
     area = int(stats[largest, cv2.CC_STAT_AREA])
     if area < 0.12 * h * w:
         return None
+    # Paper is broad: somewhere on it there is room for a disc a good fraction of the image
+    # wide. Strokes of light ink, however thick, are narrow.
+    piece = (labels == largest).astype(np.uint8)
+    if cv2.distanceTransform(piece, cv2.DIST_L2, 3).max() < SHEET_ROOM * min(h, w):
+        return None
     hull = cv2.convexHull(cv2.findNonZero((labels == largest).astype(np.uint8)))
+    # Paper is a quadrilateral (a trapezoid in perspective, cut by the frame): it fills most
+    # of its smallest bounding rectangle, where a blob of light ink is rounder.
+    (_, _), (rw, rh), _ = cv2.minAreaRect(hull)
+    if cv2.contourArea(hull) < RECTANGULARITY * rw * rh:
+        return None
     sheet = np.zeros((h, w), np.uint8)
     cv2.fillConvexPoly(sheet, hull, 1)
     # Paper is mostly paper: light strokes on a dark pad form a bright piece too, but its
     # hull is half dark pad.
-    if float((smooth[sheet > 0] > level).mean()) < 0.8:
+    if float((smooth[sheet > 0] > level).mean()) < 0.6:
         return None
     ring = _disk(2)
     inner = (sheet > 0) & (cv2.erode(sheet, ring, borderType=cv2.BORDER_REPLICATE) == 0)
@@ -196,11 +216,11 @@ def _dark_ink(small: np.ndarray, sheet: np.ndarray | None, window: int) -> bool:
     """
     if sheet is not None:
         return True
-    if min(small.shape) >= 64:
-        return _dark_ink_local(small, window)
-    # A small image is a tight crop (an MNIST-sized digit, an icon): the digit is large
-    # against any window, and the border is the background.
-    return _dark_ink_border(small)
+    if min(small.shape) < 64:
+        # A small image is a tight crop (an MNIST-sized digit, an icon): the digit is large
+        # against any window, and the border is the background.
+        return _dark_ink_border(small)
+    return _dark_ink_local(small, window)
 
 
 def _dark_ink_local(small: np.ndarray, window: int) -> bool:
@@ -273,7 +293,7 @@ def _stroke_width(mask: np.ndarray) -> float:
 def _largest_inner(mask: np.ndarray) -> np.ndarray:
     """The largest connected piece of ``mask`` that does not touch the image's edge (the
     whole mask when every piece does): the digit, most likely, rather than a desk's grain."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     h, w = mask.shape
     x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
     x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
@@ -296,10 +316,10 @@ def _measure_ink(small: np.ndarray, sheet: np.ndarray | None, window: int) -> _I
     # A second, tighter background: a window a few strokes wide. What is wider than that
     # (the tip of a shadow, a streak of wood grain, a fold) joins the background instead of
     # passing for ink; a window as wide as the whole digit would keep all of that.
-    strong = r > 0.5 * float(np.percentile(r, 99.5))
+    strong = r > 0.7 * float(np.percentile(r, 99.5))
     width = _stroke_width(_largest_inner(strong))
     tight = _odd(max(3.0, 4.0 * width + 1))
-    if 0 < width and tight < window:
+    if width > 0 and tight < window:
         background = _background(smooth, small, dark, tight)
     ink = _Ink(dark, background, 0.0, 1.0)
     r = ink.response(small, background)
@@ -358,28 +378,27 @@ def _remove_lines(mask: np.ndarray, sheet: np.ndarray | None) -> tuple[np.ndarra
     )
     if segments is None:
         return mask, np.zeros_like(mask)
-    lines = np.zeros((h, w), np.uint8)
+    # Horizontal-ish and vertical-ish lines apart: each is mended across its direction.
+    bands = {True: np.zeros((h, w), np.uint8), False: np.zeros((h, w), np.uint8)}
     for x0, y0, x1, y1 in segments.reshape(-1, 4):
         horizontal = abs(x1 - x0) >= abs(y1 - y0)
         extent = abs(x1 - x0) if horizontal else abs(y1 - y0)
         if extent < LINE_SPAN * (span_w if horizontal else span_h):
             continue
-        cv2.line(lines, (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=3)
-    if not lines.any():
+        cv2.line(bands[horizontal], (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=3)
+    band_h, band_v = (bands[True] > 0) & mask, (bands[False] > 0) & mask
+    if not band_h.any() and not band_v.any():
         return mask, np.zeros_like(mask)
-    # The line's own pixels: ink inside the band whose thickness across the line is that of
-    # a line, not of a stroke running along or across it. Removing the whole band, then
-    # closing across it, keeps the crossing strokes.
-    band = (lines > 0) & mask
-    rest = mask & ~band
-    bridge = cv2.morphologyEx(
-        rest.astype(np.uint8), cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (1, 5))
-    ) | cv2.morphologyEx(
-        rest.astype(np.uint8), cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 1))
-    )
-    restored = band & (bridge > 0)
-    cleaned = rest | restored
-    return cleaned, band & ~restored
+    # Remove the lines' bands, then give back the band pixels next to a stroke on either
+    # side across the line: a stroke that crosses a line, or runs along it, keeps its
+    # pixels; the line's own pixels, with no ink beside them across the line, go.
+    rest = (mask & ~band_h & ~band_v).astype(np.uint8)
+    across = 2 * LINE_MEND + 1
+    near_v = cv2.dilate(rest, cv2.getStructuringElement(cv2.MORPH_RECT, (1, across))) > 0
+    near_h = cv2.dilate(rest, cv2.getStructuringElement(cv2.MORPH_RECT, (across, 1))) > 0
+    restored = (band_h & near_v) | (band_v & near_h)
+    removed = (band_h | band_v) & ~restored
+    return mask & ~removed, removed
 
 
 # --------------------------------------------------------------------------- the digit
