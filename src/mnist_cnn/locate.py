@@ -78,18 +78,22 @@ BACKGROUND_WINDOW = 0.45
 # Ink levels (solid ink is 1): pieces of ink are what stands above WEAK_INK, and a piece
 # counts only if some of it reaches STRONG_INK.
 WEAK_INK = 0.2
+FAINT_INK = 0.08  # printed lines are traced from here
 STRONG_INK = 0.5
-# How far (analysed pixels) across a removed line a stroke gives its band pixels back.
-LINE_MEND = 3
+# Ink at least this thick (analysed pixels) across a line is a stroke, not the line.
+LINE_MEND = 5
 # A sheet of paper holds a disc of at least this radius, as a fraction of the image's
 # shorter side, free of ink.
-SHEET_ROOM = 0.12
+SHEET_ROOM = 0.08
 # How much of its smallest bounding rectangle a sheet of paper fills, at least: a trapezoid
 # of slight perspective fills about 0.9, a disc 0.79.
 RECTANGULARITY = 0.85
+# Ruled and grid lines found in families of three or more are removed from this fraction of
+# the page's extent; a lone pair, or a margin line, from LINE_SPAN.
+LINE_FAMILY_SPAN = 0.4
 # A line to remove spans at least this fraction of the page (or sheet) it lies on: ruled
 # and grid lines cross the whole page, a "1" in a tight crop does not reach both edges.
-LINE_SPAN = 0.8
+LINE_SPAN = 0.7
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,10 @@ def _find_sheet(small: np.ndarray) -> np.ndarray | None:
     piece = (labels == largest).astype(np.uint8)
     if cv2.distanceTransform(piece, cv2.DIST_L2, 3).max() < SHEET_ROOM * min(h, w):
         return None
-    hull = cv2.convexHull(cv2.findNonZero((labels == largest).astype(np.uint8)))
+    contours, _ = cv2.findContours(
+        (labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    hull = cv2.convexHull(np.concatenate(contours))
     # Paper is a quadrilateral (a trapezoid in perspective, cut by the frame): it fills most
     # of its smallest bounding rectangle, where a blob of light ink is rounder.
     (_, _), (rw, rh), _ = cv2.minAreaRect(hull)
@@ -224,7 +231,14 @@ def _dark_ink(small: np.ndarray, sheet: np.ndarray | None, window: int) -> bool:
 
 
 def _dark_ink_local(small: np.ndarray, window: int) -> bool:
-    residual = small.astype(np.int16) - cv2.medianBlur(small, window).astype(np.int16)
+    # The window is wide, and a median that wide is costly: it runs on a half-size copy
+    # (the background is smooth at that scale), brought back to size.
+    h, w = small.shape
+    half = cv2.resize(small, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+    median = cv2.resize(
+        cv2.medianBlur(half, _odd(window / 2)), (w, h), interpolation=cv2.INTER_NEAREST
+    )
+    residual = small.astype(np.int16) - median.astype(np.int16)
     diffs = np.abs(np.diff(residual, axis=1)).ravel()
     sigma = 1.4826 * float(np.median(diffs)) / math.sqrt(2.0)
     strong = max(4.0 * sigma, 0.08 * 255)
@@ -257,6 +271,7 @@ class _Ink:
     background: np.ndarray  # float32, the analysed image's size
     floor: float
     solid: float
+    stroke: float = 0.0  # typical stroke width in analysed pixels (0: unknown)
 
     def response(self, gray: np.ndarray, background: np.ndarray) -> np.ndarray:
         """Raw ink response of ``gray`` against ``background`` (same shapes, float32)."""
@@ -339,7 +354,7 @@ def _measure_ink(small: np.ndarray, sheet: np.ndarray | None, window: int) -> _I
             f"{solid:.2f}, noise {sigma:.3f})"
         )
     # Ink is what stands above the noise floor, scaled so that solid ink is 1.
-    return _Ink(dark, background, 3.0 * sigma, solid)
+    return _Ink(dark, background, 3.0 * sigma, solid, width)
 
 
 def _ink_on_sheet(ink: np.ndarray, sheet: np.ndarray) -> bool:
@@ -353,11 +368,14 @@ def _ink_on_sheet(ink: np.ndarray, sheet: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- lines
 
 
-def _remove_lines(mask: np.ndarray, sheet: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _remove_lines(
+    mask: np.ndarray, faint: np.ndarray, sheet: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(the mask without long straight lines, the mask of what was removed).
 
-    A line to remove spans nearly the whole page (``LINE_SPAN`` of the sheet's or the
-    image's extent in its direction) and is thin. Strokes that cross a line lose the
+    A line to remove spans most of the page (``LINE_SPAN`` of the sheet's or the image's
+    extent in its direction) and belongs to a family of parallel lines, or stands across
+    one (a margin line). Strokes that cross a line lose the
     line's width; a closing across the line's direction joins them again.
     """
     h, w = mask.shape
@@ -366,46 +384,100 @@ def _remove_lines(mask: np.ndarray, sheet: np.ndarray | None) -> tuple[np.ndarra
         span_w, span_h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     else:
         span_w, span_h = w, h
-    shortest = LINE_SPAN * min(span_w, span_h)
-    u8 = mask.astype(np.uint8)
+    shortest = LINE_FAMILY_SPAN * min(span_w, span_h)
     segments = cv2.HoughLinesP(
-        u8,
+        faint.astype(np.uint8),
         1,
         np.pi / 180,
-        threshold=max(10, int(0.5 * shortest)),
+        threshold=max(10, int(0.3 * shortest)),
         minLineLength=shortest,
-        maxLineGap=max(2, int(0.03 * max(h, w))),
+        maxLineGap=max(2, int(0.05 * max(h, w))),
     )
     if segments is None:
         return mask, np.zeros_like(mask)
-    # Horizontal-ish and vertical-ish lines apart: each is mended across its direction.
-    bands = {True: np.zeros((h, w), np.uint8), False: np.zeros((h, w), np.uint8)}
-    for x0, y0, x1, y1 in segments.reshape(-1, 4):
+    found = segments.reshape(-1, 4).tolist()
+    angles = [math.atan2(y1 - y0, x1 - x0) % math.pi for x0, y0, x1, y1 in found]
+    offsets = [
+        -math.sin(a) * (x0 + x1) / 2 + math.cos(a) * (y0 + y1) / 2
+        for a, (x0, y0, x1, y1) in zip(angles, found, strict=True)
+    ]
+
+    def parallel(a: float, b: float, tolerance: float = math.radians(4)) -> bool:
+        d = abs(a - b) % math.pi
+        return min(d, math.pi - d) <= tolerance
+
+    def spans(i: int, fraction: float) -> bool:
+        x0, y0, x1, y1 = found[i]
         horizontal = abs(x1 - x0) >= abs(y1 - y0)
         extent = abs(x1 - x0) if horizontal else abs(y1 - y0)
-        if extent < LINE_SPAN * (span_w if horizontal else span_h):
-            continue
-        cv2.line(bands[horizontal], (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=3)
-    band_h, band_v = (bands[True] > 0) & mask, (bands[False] > 0) & mask
-    if not band_h.any() and not band_v.any():
+        return extent >= fraction * (span_w if horizontal else span_h)
+
+    # Paper's lines come in families: ruled lines are parallel and evenly spaced, squared
+    # paper has two families, and a margin line stands across the rules. A family of three
+    # or more lines is paper (a digit has no three long parallel strokes); two parallel
+    # lines count when both cross most of the page; a lone long stroke (a 1, the stem of a
+    # 7) is kept.
+    twins = [
+        {
+            round(offsets[j] / 4)
+            for j in range(len(found))
+            if parallel(angles[i], angles[j]) and abs(offsets[i] - offsets[j]) > 4
+        }
+        for i in range(len(found))
+    ]
+    ruled = [
+        i for i in range(len(found)) if len(twins[i]) >= 2 or (twins[i] and spans(i, LINE_SPAN))
+    ]
+    margins = [
+        i
+        for i in range(len(found))
+        if i not in ruled
+        and spans(i, LINE_SPAN)
+        and any(parallel(angles[i] + math.pi / 2, angles[j], math.radians(6)) for j in ruled)
+    ]
+    if not ruled and not margins:
         return mask, np.zeros_like(mask)
-    # Remove the lines' bands, then give back the band pixels next to a stroke on either
-    # side across the line: a stroke that crosses a line, or runs along it, keeps its
-    # pixels; the line's own pixels, with no ink beside them across the line, go.
-    rest = (mask & ~band_h & ~band_v).astype(np.uint8)
-    across = 2 * LINE_MEND + 1
-    near_v = cv2.dilate(rest, cv2.getStructuringElement(cv2.MORPH_RECT, (1, across))) > 0
-    near_h = cv2.dilate(rest, cv2.getStructuringElement(cv2.MORPH_RECT, (across, 1))) > 0
-    restored = (band_h & near_v) | (band_v & near_h)
-    removed = (band_h | band_v) & ~restored
+    # The lines' pixels: those on a long straight run of ink in a line's direction (an
+    # opening with a line-shaped kernel), unless the ink is also thick across the line
+    # there (an opening with a short kernel across it): a stroke crossing a line, or
+    # running over it, is thicker than the line, and keeps its pixels.
+    u8 = mask.astype(np.uint8)
+    removed = np.zeros((h, w), dtype=bool)
+    length = _odd(0.25 * min(span_w, span_h))
+    for angle in _distinct([angles[i] for i in ruled + margins]):
+        # A closing along the line first: a faint line breaks into dashes at the threshold.
+        joined = cv2.morphologyEx(faint.astype(np.uint8), cv2.MORPH_CLOSE, _line_kernel(angle, 9))
+        along = (cv2.morphologyEx(joined, cv2.MORPH_OPEN, _line_kernel(angle, length)) > 0) & mask
+        across = cv2.morphologyEx(u8, cv2.MORPH_OPEN, _line_kernel(angle + math.pi / 2, LINE_MEND))
+        removed |= along & (across == 0)
     return mask & ~removed, removed
+
+
+def _line_kernel(angle: float, length: int) -> np.ndarray:
+    """A structuring element: a one-pixel line of ``length`` through the centre at ``angle``."""
+    kernel = np.zeros((length, length), np.uint8)
+    c, r = length // 2, (length - 1) / 2
+    dx, dy = math.cos(angle) * r, math.sin(angle) * r
+    cv2.line(kernel, (round(c - dx), round(c - dy)), (round(c + dx), round(c + dy)), 1)
+    return kernel
+
+
+def _distinct(angles: list[float], tolerance: float = math.radians(3)) -> list[float]:
+    """One representative of each group of (nearly) equal line angles."""
+    out: list[float] = []
+    for a in sorted(angles):
+        if not any(
+            min(abs(a - b) % math.pi, math.pi - abs(a - b) % math.pi) <= tolerance for b in out
+        ):
+            out.append(a)
+    return out
 
 
 # --------------------------------------------------------------------------- the digit
 
 
 def _keep_digit(
-    ink: np.ndarray, weak: np.ndarray, sheet: np.ndarray | None
+    ink: np.ndarray, weak: np.ndarray, sheet: np.ndarray | None, stroke: float
 ) -> tuple[np.ndarray, int]:
     """(where the digit is, as a mask of ``ink``'s shape; how many separate substantial
     marks it holds): the main connected piece of ink and the pieces that belong to it,
@@ -414,15 +486,17 @@ def _keep_digit(
     Pieces are the connected components of the weak ink that hold some strong ink
     (hysteresis, as Canny's edges): the faint stretch of a thin or fast stroke joins the
     stroke instead of breaking it into pieces, and faint smudges on their own are dropped.
+    Gaps of a pixel or two (a pen skipping on the paper) join too.
     """
     h, w = ink.shape
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8), connectivity=8)
-    masses = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=n)
+    joined = cv2.dilate(weak.astype(np.uint8), _disk(1 if stroke < 4 else 2))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    labels[~weak] = 0  # pieces are the weak ink itself; the dilation only groups them
+    masses = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=n)[1:]
     has_strong = np.zeros(n, dtype=bool)
     has_strong[labels[ink >= STRONG_INK]] = True
-    masses[~has_strong] = 0.0
-    masses = masses[1:]
-    if n < 2 or not masses.any():
+    strong = has_strong[1:].tolist()
+    if n < 2 or not any(strong):
         raise NoDigitError("no digit found: only faint marks")
     x0 = stats[1:, cv2.CC_STAT_LEFT]
     y0 = stats[1:, cv2.CC_STAT_TOP]
@@ -442,7 +516,7 @@ def _keep_digit(
     # whole (not cut by the image's edge: a neighbour in a crop of a number, the edge of a
     # page) when one of comparable mass exists.
     order = sorted(range(count), key=lambda i: -masses[i])
-    on = [i for i in order if not off[i] and masses[i] > 0] or order
+    on = [i for i in order if not off[i] and strong[i]] or [i for i in order if strong[i]]
     main = on[0]
     whole = [i for i in on if not touches[i]]
     if whole and touches[main] and masses[whole[0]] >= 0.2 * masses[main]:
@@ -462,7 +536,7 @@ def _keep_digit(
         size = max(by1 - by0, bx1 - bx0) + 1
         total = sum(masses[i] for i in chosen)
         for i in range(count):
-            if i in chosen or off[i] or masses[i] == 0:
+            if i in chosen or off[i] or not stroke_like[i]:
                 continue
             a0, a1, b0, b1 = boxes[i]
             gap = max(a0 - by1, by0 - a1, b0 - bx1, bx0 - b1, 0)
@@ -476,15 +550,25 @@ def _keep_digit(
                 and masses[i] >= 0.01 * total
                 and not cut
             )
-            substantial = gap <= size and masses[i] >= 0.1 * total and not cut and columns_overlap
+            # Faint pieces (no strong ink) join only when close: a faint stretch of a stroke.
+            substantial = (
+                gap <= size
+                and masses[i] >= 0.1 * total
+                and not cut
+                and columns_overlap
+                and strong[i]
+            )
             side_by_side = (
-                not columns_overlap and not cut and gap <= 0.6 * size and masses[i] >= 0.3 * total
+                not columns_overlap
+                and not cut
+                and gap <= 0.6 * size
+                and masses[i] >= 0.3 * total
+                and strong[i]
             )
             if (inside and masses[i] >= 0.002 * total) or near or substantial or side_by_side:
                 chosen.add(i)
                 by0, by1, bx0, bx1 = min(by0, a0), max(by1, a1), min(bx0, b0), max(bx1, b1)
                 grew = True
-    chosen = {i for i in chosen if i == main or stroke_like[i]}
     total = sum(masses[i] for i in chosen)
     marks = sum(1 for i in chosen if masses[i] >= 0.25 * total)
     lut = np.zeros(n, dtype=np.uint8)
@@ -577,8 +661,8 @@ def locate(gray: np.ndarray) -> Located:
         # Only what is on the sheet, away from its edge (where paper meets desk in a line).
         margin = _disk(max(1, round(0.015 * min(sh, sw))))
         ink_small *= cv2.erode(sheet.astype(np.uint8), margin, borderType=cv2.BORDER_REPLICATE)
-    weak, lines = _remove_lines(ink_small > WEAK_INK, sheet)
-    keep, marks = _keep_digit(ink_small, weak, sheet)
+    weak, lines = _remove_lines(ink_small > WEAK_INK, ink_small > FAINT_INK, sheet)
+    keep, marks = _keep_digit(ink_small, weak, sheet, levels.stroke)
     ys, xs = np.nonzero(keep)
     extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
     if extent < max(MIN_EXTENT_PX, MIN_EXTENT * max(sh, sw)):
