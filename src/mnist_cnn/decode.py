@@ -14,7 +14,7 @@ import math
 import os
 import struct
 import warnings
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -166,10 +166,17 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return gray
 
 
-def _decode(
-    img: Image.Image, max_pixels: int, max_side: int | None, owned: bool = True
-) -> np.ndarray:
+class Decoded(NamedTuple):
+    """A decoded image: float32 (H, W) gray in [0, 1], and its scale against the file's own
+    pixels (below 1 when a JPEG was decoded at a reduced size)."""
+
+    gray: np.ndarray
+    scale: float
+
+
+def _decode(img: Image.Image, max_pixels: int, max_side: int | None, owned: bool = True) -> Decoded:
     _check_pixels(img.width, img.height, max_pixels)
+    full_width = img.width
     if max_side and img.format in ("JPEG", "MPO") and max(img.size) > max_side:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale for a fraction of the cost; Pillow picks
         # the smallest scale that keeps the requested size.
@@ -186,13 +193,14 @@ def _decode(
         raise UnsupportedImageError(
             f"the image data is corrupt or truncated ({str(exc) or type(exc).__name__})"
         ) from exc
+    scale = img.width / full_width  # before the EXIF turn, which may swap the sides
     try:
         # Turn our own decoded image in place; never a caller's.
         if owned:
             ImageOps.exif_transpose(img, in_place=True)
         else:
             img = ImageOps.exif_transpose(img)
-        return _pil_to_gray(img)
+        return Decoded(_pil_to_gray(img), scale)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UnsupportedImageError(f"could not read the image ({exc})") from exc
 
@@ -223,14 +231,22 @@ def load_image(
     Files are decoded by content; only the first frame of an animation is used; the EXIF
     orientation is applied; transparency is composited onto white; 16-bit data is scaled.
     With ``max_side``, JPEGs may be decoded at a reduced scale that keeps at least
-    ``max_side`` pixels on the longest side (the result is then smaller than the file).
+    ``max_side`` pixels on the longest side (the result is then smaller than the file;
+    ``decode`` says by how much).
 
     Raises ``ImageTooLargeError`` (over ``max_pixels``, checked before decoding),
     ``UnsupportedImageError`` (not an image, corrupt, truncated) and ``OSError`` when a
     path cannot be read.
     """
+    return decode(source, max_pixels, max_side).gray
+
+
+def decode(
+    source: ImageSource, max_pixels: int = MAX_PIXELS, max_side: int | None = None
+) -> Decoded:
+    """``load_image``, with the scale of the result against the file's own pixels."""
     if isinstance(source, np.ndarray):
-        return _array_to_gray(source, max_pixels)
+        return Decoded(_array_to_gray(source, max_pixels), 1.0)
     if isinstance(source, Image.Image):
         return _decode(source.copy() if source.readonly else source, max_pixels, None, False)
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -661,7 +661,11 @@ def locate(gray: np.ndarray) -> Located:
         # Only what is on the sheet, away from its edge (where paper meets desk in a line).
         margin = _disk(max(1, round(0.015 * min(sh, sw))))
         ink_small *= cv2.erode(sheet.astype(np.uint8), margin, borderType=cv2.BORDER_REPLICATE)
-    weak, lines = _remove_lines(ink_small > WEAK_INK, ink_small > FAINT_INK, sheet)
+    weak = ink_small > WEAK_INK
+    if f > 1:  # a tight crop (an MNIST digit) has no ruled paper to remove
+        weak, lines = _remove_lines(weak, ink_small > FAINT_INK, sheet)
+    else:
+        lines = np.zeros_like(weak)
     keep, marks = _keep_digit(ink_small, weak, sheet, levels.stroke)
     ys, xs = np.nonzero(keep)
     extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1

@@ -10,16 +10,20 @@ the error types and constants of both stages are importable from here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from mnist_cnn.decode import (
     MAX_PIXELS,
+    Decoded,
     ImageError,
     ImageSource,
     ImageTooLargeError,
     NoDigitError,
     UnsupportedImageError,
+    decode,
     load_image,
 )
 from mnist_cnn.locate import FIELD, WORK_SIDE, Located, locate, stroke_width, to_mnist
@@ -28,12 +32,14 @@ __all__ = [
     "FIELD",
     "MAX_PIXELS",
     "WORK_SIDE",
+    "Decoded",
     "ImageError",
     "ImageSource",
     "ImageTooLargeError",
     "Located",
     "NoDigitError",
     "UnsupportedImageError",
+    "decode",
     "load_image",
     "normalise",
     "prepare",
@@ -50,7 +56,13 @@ def prepare(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Located:
     all the analysis uses. Raises the ``ImageError`` subclasses: ``UnsupportedImageError``,
     ``ImageTooLargeError`` (over ``max_pixels``, from the header) and ``NoDigitError``.
     """
-    return locate(load_image(source, max_pixels, max_side=WORK_SIDE))
+    decoded = decode(source, max_pixels, max_side=WORK_SIDE)
+    located = locate(decoded.gray)
+    if decoded.scale == 1.0:
+        return located
+    # The box in the file's own pixels, not in those of the reduced decode.
+    box = tuple(round(v / decoded.scale) for v in located.box)
+    return dataclasses.replace(located, box=box)
 
 
 def preprocess(
