@@ -188,7 +188,8 @@ def test_prediction_fields(predictor: Predictor) -> None:
     assert p.model_input.shape == (28, 28) and p.model_input.dtype == np.uint8
     assert np.array_equal(p.model_input, predictor.prepare(PAPER_SEVEN))
     d = json.loads(json.dumps(p.to_dict()))
-    assert set(d) == {"digit", "confidence", "probabilities", "top3"}
+    assert set(d) == {"digit", "confidence", "status", "reason", "probabilities", "top3"}
+    assert d["status"] == "ok" and d["reason"] is None
     assert d["digit"] == p.digit and len(d["probabilities"]) == 10
     assert d["top3"][0] == {"digit": p.digit, "probability": round(p.confidence, 6)}
 

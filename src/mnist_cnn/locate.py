@@ -74,7 +74,7 @@ MIN_EXTENT_PX = 4
 # The first background window, as a fraction of the analysed image's shorter side: wider
 # than the thickest stroke (a marker digit that fills a photo has strokes a fifth of its
 # height). A second pass then tightens it to a few stroke widths.
-BACKGROUND_WINDOW = 0.45
+BACKGROUND_WINDOW = 0.6
 # Ink levels (solid ink is 1): pieces of ink are what stands above WEAK_INK, and a piece
 # counts only if some of it reaches STRONG_INK.
 WEAK_INK = 0.2
@@ -569,8 +569,15 @@ def _keep_digit(
                 chosen.add(i)
                 by0, by1, bx0, bx1 = min(by0, a0), max(by1, a1), min(bx0, b0), max(bx1, b1)
                 grew = True
+    # Marks: substantial pieces side by side (a stroke broken by a ruled line, or the bar
+    # of a 5 above its body, is one mark; two digits next to each other are two).
     total = sum(masses[i] for i in chosen)
-    marks = sum(1 for i in chosen if masses[i] >= 0.25 * total)
+    spans = sorted((boxes[i][2], boxes[i][3]) for i in chosen if masses[i] >= 0.15 * total)
+    marks, right = 0, -1
+    for left, end in spans:
+        if left > right:
+            marks += 1
+        right = max(right, end)
     lut = np.zeros(n, dtype=np.uint8)
     lut[[i + 1 for i in chosen]] = 1
     kept = lut[labels]

@@ -27,25 +27,16 @@ from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, load_model, met
 from mnist_cnn.evaluate import logits_of
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES
 from mnist_cnn.preprocess import MAX_PIXELS, ImageSource, Located, normalise, prepare
+from mnist_cnn.unsure import Unsure, UnsurePolicy, assess
 
 BACKENDS = ("torch", "onnx")
 
 
 # A prediction's status: "ok", or "unsure" when the input is probably not one digit or the
-# model cannot tell (the reason says which). "Not sure" is an answer, not an error.
+# model cannot tell (the reason says which, ``unsure.py`` decides). "Not sure" is an
+# answer, not an error.
 OK = "ok"
 UNSURE = "unsure"
-
-
-@dataclass(frozen=True)
-class Unsure:
-    """Why a prediction is "unsure": a machine-readable ``code`` and a sentence for people."""
-
-    code: str  # "ambiguous", "not_a_digit", "several_marks"
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,9 @@ class Prediction:
         }
 
 
-def _predictions(logits: torch.Tensor, inputs: np.ndarray) -> list[Prediction]:
+def _predictions(
+    logits: torch.Tensor, inputs: np.ndarray, reasons: Sequence[Unsure | None]
+) -> list[Prediction]:
     probabilities = torch.softmax(logits.double(), dim=1)
     top = probabilities.topk(3, dim=1)
     out = []
@@ -93,6 +86,7 @@ def _predictions(logits: torch.Tensor, inputs: np.ndarray) -> list[Prediction]:
                 probabilities=tuple(float(p) for p in row),
                 top3=top3,
                 model_input=inputs[i],
+                reason=reasons[i],
             )
         )
     return out
@@ -111,12 +105,15 @@ class Predictor:
         std: float,
         info: dict[str, Any],
         max_pixels: int = MAX_PIXELS,
+        policy: UnsurePolicy | None = None,
     ) -> None:
         self._forward = forward
         self.mean = mean
         self.std = std
         self.max_pixels = max_pixels
         self._info = info
+        # When to answer "not sure"; the checkpoint's own calibration, or never.
+        self.policy = policy or UnsurePolicy()
 
     @classmethod
     def from_checkpoint(
@@ -157,7 +154,8 @@ class Predictor:
             "std": loaded.std,
             "backend": "torch",
         }
-        return cls(lambda x: logits_of(model, x), loaded.mean, loaded.std, info, max_pixels)
+        policy = _policy(loaded.metadata, path)
+        return cls(lambda x: logits_of(model, x), loaded.mean, loaded.std, info, max_pixels, policy)
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None, max_pixels: int) -> Predictor:
@@ -176,14 +174,14 @@ class Predictor:
             # The JSON beside a .pth describes this ONNX file only if it was exported from
             # those very weights; otherwise the metrics embedded at export time apply.
             sidecar = metadata_path(path)
-            metrics = {}
+            metrics, side_meta = {}, {}
             if sidecar.is_file():
                 try:
                     side = json.loads(sidecar.read_text())
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     side = {}
                 if side.get("weights_sha256") == meta.get("source_weights_sha256"):
-                    metrics = side.get("metrics", {})
+                    metrics, side_meta = side.get("metrics", {}), side
             if not metrics and "test_accuracy" in meta:
                 metrics = {"test_accuracy": float(meta["test_accuracy"])}
             parameters = int(meta["parameters"]) if "parameters" in meta else None
@@ -191,7 +189,7 @@ class Predictor:
             loaded = load_model(path)
             model_bytes = export.onnx_bytes(loaded.model, metadata=export.onnx_metadata(loaded))
             architecture, mean, std = loaded.architecture, loaded.mean, loaded.std
-            metrics = loaded.metadata.get("metrics", {})
+            metrics, side_meta = loaded.metadata.get("metrics", {}), loaded.metadata
             parameters = sum(p.numel() for p in loaded.model.parameters())
         run = export.onnx_runner(model_bytes, threads=threads, what=str(path))
         info = {
@@ -204,7 +202,7 @@ class Predictor:
             "std": std,
             "backend": "onnx",
         }
-        return cls(run, mean, std, info, max_pixels)
+        return cls(run, mean, std, info, max_pixels, _policy(side_meta, path))
 
     @property
     def info(self) -> dict[str, Any]:
@@ -224,15 +222,29 @@ class Predictor:
         ``ImageError``."""
         return prepare(image, self.max_pixels)
 
-    def predict_inputs(self, inputs: np.ndarray) -> list[Prediction]:
-        """Classify prepared uint8 (N, 28, 28) images (from ``prepare``) in one batched pass."""
+    def predict_inputs(
+        self, inputs: np.ndarray, marks: Sequence[int] | None = None
+    ) -> list[Prediction]:
+        """Classify prepared uint8 (N, 28, 28) images (from ``prepare``) in one batched pass.
+
+        ``marks`` are the located digits' mark counts (``Located.marks``), for the "not
+        sure" rule about several marks; ``predict_located`` passes them.
+        """
         inputs = np.asarray(inputs, dtype=np.uint8).reshape(-1, 28, 28)
         if len(inputs) == 0:
             return []
         logits = self._forward(normalise(inputs, self.mean, self.std))
         if logits.shape != (len(inputs), NUM_CLASSES):
             raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)}")
-        return _predictions(logits, inputs)
+        reasons = assess(logits, inputs, self.policy, marks)
+        return _predictions(logits, inputs, reasons)
+
+    def predict_located(self, located: Sequence[Located]) -> list[Prediction]:
+        """Classify located digits (from ``locate``) in one batched pass."""
+        if not located:
+            return []
+        images = np.stack([one.image for one in located])
+        return self.predict_inputs(images, [one.marks for one in located])
 
     def predict(self, image: ImageSource) -> Prediction:
         """Classify one image (a path, bytes, a PIL image or a NumPy array).
@@ -240,7 +252,7 @@ class Predictor:
         Raises ``ImageError`` subclasses: ``UnsupportedImageError``, ``ImageTooLargeError``,
         ``NoDigitError``.
         """
-        return self.predict_inputs(self.prepare(image)[None])[0]
+        return self.predict_located([self.locate(image)])[0]
 
     def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
         """Classify several images with one batched forward pass.
@@ -249,10 +261,15 @@ class Predictor:
         before any work is done on the network; use ``prepare`` and ``predict_inputs`` to
         handle failures per image.
         """
-        prepared = [self.prepare(image) for image in images]
-        if not prepared:
-            return []
-        return self.predict_inputs(np.stack(prepared))
+        return self.predict_located([self.locate(image) for image in images])
+
+
+def _policy(metadata: dict[str, Any], path: Path) -> UnsurePolicy:
+    """The checkpoint's "not sure" thresholds (never unsure when it has none)."""
+    try:
+        return UnsurePolicy.from_metadata(metadata.get("unsure"))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{metadata_path(path)}: bad 'unsure' entry ({exc}).") from exc
 
 
 def _onnx_metadata(path: Path, model_bytes: bytes) -> dict[str, str]:
