@@ -74,7 +74,7 @@ MIN_EXTENT_PX = 4
 # The first background window, as a fraction of the analysed image's shorter side: wider
 # than the thickest stroke (a marker digit that fills a photo has strokes a fifth of its
 # height). A second pass then tightens it to a few stroke widths.
-BACKGROUND_WINDOW = 0.6
+BACKGROUND_WINDOW = 0.45
 # Ink levels (solid ink is 1): pieces of ink are what stands above WEAK_INK, and a piece
 # counts only if some of it reaches STRONG_INK.
 WEAK_INK = 0.2
@@ -489,7 +489,7 @@ def _keep_digit(
     Gaps of a pixel or two (a pen skipping on the paper) join too.
     """
     h, w = ink.shape
-    joined = cv2.dilate(weak.astype(np.uint8), _disk(1 if stroke < 4 else 2))
+    joined = cv2.dilate(weak.astype(np.uint8), _disk(1))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     labels[~weak] = 0  # pieces are the weak ink itself; the dilation only groups them
     masses = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=n)[1:]
@@ -515,15 +515,27 @@ def _keep_digit(
     # Where a person would look: the biggest piece on the sheet, preferring pieces that are
     # whole (not cut by the image's edge: a neighbour in a crop of a number, the edge of a
     # page) when one of comparable mass exists.
+    # A solid piece against two edges of the image, or across it, is the edge of a shadow
+    # or of the page (a lit corner, a darker band), never a digit.
+    dt = cv2.distanceTransform(weak.astype(np.uint8), cv2.DIST_L2, 3)
+    deep = np.bincount(labels.ravel(), weights=(dt >= 3).ravel(), minlength=n)[1:]
+    area = stats[1:, cv2.CC_STAT_AREA]
+    fill = area / (stats[1:, cv2.CC_STAT_WIDTH] * stats[1:, cv2.CC_STAT_HEIGHT])
+    sides = [(b[0] == 0) + (b[1] == h - 1) + (b[2] == 0) + (b[3] == w - 1) for b in boxes]
+    edge_of_light = [
+        sides[i] >= 2 and fill[i] >= 0.4 and deep[i] >= 0.5 * area[i] for i in range(count)
+    ]
     order = sorted(range(count), key=lambda i: -masses[i])
-    on = [i for i in order if not off[i] and strong[i]] or [i for i in order if strong[i]]
+    order = [i for i in order if strong[i] and not edge_of_light[i]]
+    if not order:
+        raise NoDigitError("no digit found: only the edge of a shadow or of the page")
+    on = [i for i in order if not off[i]] or order
     main = on[0]
     whole = [i for i in on if not touches[i]]
     if whole and touches[main] and masses[whole[0]] >= 0.2 * masses[main]:
         main = whole[0]
     # Pieces that are not strokes (the solid tip of a shadow, a blot) join no digit: a
     # stroke is nowhere much wider than the main piece's strokes.
-    dt = cv2.distanceTransform(weak.astype(np.uint8), cv2.DIST_L2, 3)
     main_dt = dt[labels == main + 1]
     half_width = float(np.median(main_dt[main_dt >= np.percentile(main_dt, 50)]))
     thick = np.bincount(labels.ravel(), weights=(dt > 2.0 * half_width + 1.5).ravel(), minlength=n)
@@ -547,7 +559,7 @@ def _keep_digit(
             cut = touches[i] and not touches[main]
             near = (
                 gap <= (0.3 if columns_overlap else 0.08) * size
-                and masses[i] >= 0.01 * total
+                and masses[i] >= 0.02 * total
                 and not cut
             )
             # Faint pieces (no strong ink) join only when close: a faint stretch of a stroke.
@@ -565,7 +577,7 @@ def _keep_digit(
                 and masses[i] >= 0.3 * total
                 and strong[i]
             )
-            if (inside and masses[i] >= 0.002 * total) or near or substantial or side_by_side:
+            if (inside and masses[i] >= 0.01 * total) or near or substantial or side_by_side:
                 chosen.add(i)
                 by0, by1, bx0, bx1 = min(by0, a0), max(by1, a1), min(bx0, b0), max(bx1, b1)
                 grew = True
