@@ -414,11 +414,16 @@ WEB_APP_INSTALL = """
             return 0
 
 
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
     if gradio_major() != 6:
         # The interface is written for Gradio 6. Kaggle's image may have none, or another
         # version; installing needs Internet on.
-        pip = [sys.executable, "-m", "pip", "install", "--quiet"]
         subprocess.run([*pip, "gradio>=6,<7", "gradio_client>=2"], check=True)
+        importlib.invalidate_caches()
+    try:
+        import cv2  # noqa: F401  the image front end (Kaggle's images ship OpenCV)
+    except ImportError:
+        subprocess.run([*pip, "opencv-python-headless"], check=True)
         importlib.invalidate_caches()
 """
 
