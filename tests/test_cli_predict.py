@@ -1,9 +1,11 @@
 """`mnist-cnn predict` on a folder that mixes good and bad files: every good file is still
 classified (correctly, by the shipped model), every bad one is reported with its reason,
-and the exit status says that something failed."""
+and the exit status says that something failed. A "not sure" answer is printed in words and
+is not a failure."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pytest
 from _imaging import encode, font_digit, gray8, on_paper, with_exif_orientation
 from PIL import Image
 
-from mnist_cnn.cli import main
+from mnist_cnn.cli import _prediction_line, main
+from mnist_cnn.predict import Prediction, Predictor, Unsure
 
 GOOD = {  # relative path -> digit
     "scans/three.png": 3,
@@ -86,9 +89,12 @@ def test_json_output(folder: Path, capsys) -> None:
     assert set(results) == set(GOOD) | set(BAD)
     paths = [r["path"] for r in document["results"]]
     assert paths == sorted(paths, key=lambda p: Path(p).relative_to(folder).parts)
+    assert document["unsure"] == 0
     for rel, digit in GOOD.items():
         r = results[rel]
         assert r["digit"] == digit and r["top3"][0]["digit"] == digit
+        # Clear digits: the model is sure of them.
+        assert r["status"] == "ok" and r["reason"] is None
         assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
     for rel, code in BAD.items():
         assert results[rel]["error"]["code"] == code
@@ -145,3 +151,73 @@ def test_small_batches_give_the_same_answers(folder: Path, capsys) -> None:
     assert [r.get("digit") for r in whole["results"]] == [
         r.get("digit") for r in batched["results"]
     ]
+
+
+@pytest.fixture
+def everything_unsure(monkeypatch: pytest.MonkeyPatch) -> Unsure:
+    """Every prediction flagged "unsure" (whatever the Predictor's own decision), keeping the
+    model's digit and probabilities."""
+    reason = Unsure("several_marks", "there is more than one mark in the picture")
+    predict_inputs = Predictor.predict_inputs
+
+    def flagged(self: Predictor, inputs: np.ndarray) -> list[Prediction]:
+        return [dataclasses.replace(p, reason=reason) for p in predict_inputs(self, inputs)]
+
+    monkeypatch.setattr(Predictor, "predict_inputs", flagged)
+    return reason
+
+
+def test_not_sure_is_printed_in_words_and_exits_zero(
+    folder: Path, everything_unsure: Unsure, capsys
+) -> None:
+    status = main(["predict", str(folder / "scans"), str(folder / "canvas")])
+    captured = capsys.readouterr()
+    assert status == 0  # "not sure" is an answer, not a failure
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        path, rest = line.split(": ", 1)
+        digit = GOOD[Path(path).relative_to(folder).as_posix()]
+        assert rest.startswith(f"not sure ({digit}"), line
+        assert f": {everything_unsure.message})" in rest and "top 3:" in rest
+    assert "4 predicted, 0 failed, 4 not sure" in captured.err
+
+
+def test_not_sure_in_json(folder: Path, everything_unsure: Unsure, capsys) -> None:
+    status = main(["predict", str(folder), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert status == 1  # the bad files still fail; the unsure ones do not count as failures
+    assert document["failed"] == len(BAD) and document["unsure"] == len(GOOD)
+    for r in document["results"]:
+        if "error" in r:
+            continue
+        assert r["status"] == "unsure"
+        assert r["reason"] == {"code": "several_marks", "message": everything_unsure.message}
+
+
+def _prediction(top3: tuple[tuple[int, float], ...], reason: Unsure | None) -> Prediction:
+    probabilities = [0.0] * 10
+    for digit, probability in top3:
+        probabilities[digit] = probability
+    return Prediction(
+        digit=top3[0][0],
+        confidence=top3[0][1],
+        probabilities=tuple(probabilities),
+        top3=top3,
+        model_input=np.zeros((28, 28), np.uint8),
+        reason=reason,
+    )
+
+
+def test_the_line_names_the_runner_up_when_it_is_a_contender() -> None:
+    ambiguous = Unsure("ambiguous", "it could be either")
+    close = _prediction(((4, 0.52), (9, 0.41), (7, 0.03)), ambiguous)
+    assert _prediction_line(Path("photo.jpg"), close) == (
+        "photo.jpg: not sure (4 or 9: it could be either)  top 3: 4 52.0%, 9 41.0%, 7 3.0%"
+    )
+    alone = _prediction(((8, 0.61), (3, 0.02), (5, 0.01)), Unsure("not_a_digit", "no digit"))
+    assert _prediction_line(Path("x.png"), alone).startswith("x.png: not sure (8: no digit)  ")
+    sure = _prediction(((3, 0.971), (5, 0.022), (8, 0.004)), None)
+    assert _prediction_line(Path("s.png"), sure) == (
+        "s.png: 3  (97.1%)  top 3: 3 97.1%, 5 2.2%, 8 0.4%"
+    )

@@ -7,6 +7,7 @@ ever asked for, and the default theme's fonts are served by Gradio itself.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ from PIL import Image
 
 from mnist_cnn import cli, gradio_app
 from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
-from mnist_cnn.predict import Predictor
+from mnist_cnn.predict import Prediction, Predictor, Unsure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,6 +157,42 @@ def test_classify_explains_instead_of_raising(predictor: Predictor, tmp_path: Pa
         scores, model_input, message = gradio_app.classify(predictor, image)
         assert scores is None and model_input is None, what
         assert message.startswith(expected), f"{what}: {message}"
+
+
+def test_not_sure_is_said_in_words(
+    predictor: Predictor,
+    client: gradio_client.Client,
+    clear_digits: list,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Flag every prediction as unsure, whatever the Predictor's own decision: the message
+    # says so in words, and the probabilities and the model's input are still shown.
+    reason = Unsure("ambiguous", "the model hesitates between two digits")
+    predict = predictor.predict
+    monkeypatch.setattr(
+        predictor, "predict", lambda image: dataclasses.replace(predict(image), reason=reason)
+    )
+    path, label, _ = clear_digits[0]
+    scores, model_input, message = gradio_app.classify(predictor, path)
+    assert max(scores, key=scores.get) == str(label) and model_input.shape == (28, 28)
+    assert message.startswith(f"**Not sure**: this looks most like a {label} (")
+    assert message.endswith(" The model hesitates between two digits.")
+    # A clear digit's runner-up has under 5%: it is not named.
+    assert ", or a" not in message
+    # The served interface shows the same message.
+    _, _, served = client.predict(gradio_client.handle_file(str(path)), api_name="/classify_upload")
+    assert served == message
+    # Two real contenders are both named, with their probabilities.
+    probabilities = [0.0] * 10
+    probabilities[4], probabilities[9], probabilities[7] = 0.52, 0.41, 0.07
+    close = Prediction(4, 0.52, tuple(probabilities), ((4, 0.52), (9, 0.41), (7, 0.07)),
+                       np.zeros((28, 28), np.uint8), reason)  # fmt: skip
+    monkeypatch.setattr(predictor, "predict", lambda image: close)
+    _, _, message = gradio_app.classify(predictor, path)
+    assert message == (
+        "**Not sure**: this looks most like a 4 (52.0%), or a 9 (41.0%). "
+        "The model hesitates between two digits."
+    )
 
 
 def test_importing_the_package_does_not_import_gradio() -> None:

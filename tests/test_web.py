@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -45,7 +46,7 @@ from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
 from mnist_cnn.cli import main as cli_main
 from mnist_cnn.data import Split
 from mnist_cnn.model import MNISTCNN, count_parameters
-from mnist_cnn.predict import Predictor
+from mnist_cnn.predict import Predictor, Unsure
 from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app
 
 STATIC = Path(web.__file__).parent / "static"
@@ -204,6 +205,8 @@ def test_prediction_response_shape(
     assert list(body) == [
         "digit",
         "confidence",
+        "status",
+        "reason",
         "probabilities",
         "top3",
         "input_28x28",
@@ -211,6 +214,8 @@ def test_prediction_response_shape(
         "elapsed_ms",
     ]
     assert body["digit"] == label
+    # A clear MNIST test digit: the model is sure, and says so.
+    assert body["status"] == "ok" and body["reason"] is None
     probabilities = body["probabilities"]
     assert len(probabilities) == 10 and sum(probabilities) == pytest.approx(1.0, abs=1e-4)
     assert body["confidence"] == pytest.approx(max(probabilities))
@@ -295,10 +300,43 @@ def test_each_prediction_is_logged_on_one_line(
     line = lines[0]
     assert f"digit={body['digit']}" in line
     assert f"confidence={body['confidence']:.4f}" in line
+    assert f"status={body['status']} " in line
     top3 = ",".join(f"{t['digit']}:{t['probability']:.4f}" for t in body["top3"])
     assert f"top3={top3}" in line
     assert re.search(r"elapsed_ms=\d+\.\d", line)
     assert f"model={SHIPPED_MODEL.name}" in line
+
+
+def test_not_sure_is_an_answer_with_its_reason(
+    client: FlaskClient,
+    digits: list[tuple[np.ndarray, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whatever the Predictor's own decision, flag every prediction as unsure: the API must
+    # carry the status and the reason, answer 200, and log them.
+    reason = Unsure("ambiguous", "it could be a 4 or a 9")
+    predict = Predictor.predict
+    monkeypatch.setattr(
+        Predictor,
+        "predict",
+        lambda self, image: dataclasses.replace(predict(self, image), reason=reason),
+    )
+    image, label = digits[4]
+    with caplog.at_level(logging.INFO, logger="mnist_cnn.web"):
+        response = post_file(client, png_bytes(image))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["status"] == "unsure"
+    assert body["reason"] == {"code": "ambiguous", "message": "it could be a 4 or a 9"}
+    # Still the model's answer: the digit it looks most like and every probability.
+    assert body["digit"] == label and len(body["probabilities"]) == 10
+    assert body["input_28x28"].startswith("data:image/png;base64,")
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_cnn.web"]
+    assert len(lines) == 1 and "status=unsure reason=ambiguous " in lines[0]
+    # The same through a canvas data URL, as the page sends it.
+    drawn = client.post("/api/predict", json={"image": data_url(as_canvas(image))})
+    assert drawn.status_code == 200 and drawn.get_json()["status"] == "unsure"
 
 
 # --------------------------------------------------------------------------- errors

@@ -12,8 +12,12 @@ import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnist_cnn import __version__
+
+if TYPE_CHECKING:  # the sub-commands import what they run, so that --help stays fast
+    from mnist_cnn.predict import Prediction
 
 # Exit statuses: 0 success, 1 the job failed (bad file, failed check), 2 bad usage
 # (argparse's own), 130 interrupted by Ctrl-C (the shell's convention).
@@ -364,6 +368,26 @@ def _image_files(paths: Sequence[str]) -> list[tuple[Path, Path]]:
     return found
 
 
+# A runner-up worth naming in a "not sure" line: at least this probability.
+_RUNNER_UP_MIN = 0.05
+
+
+def _prediction_line(path: Path, prediction: Prediction) -> str:
+    """One line of ``mnist-cnn predict`` for a classified file.
+
+    ``photo.jpg: 3  (97.1%)  top 3: 3 97.1%, 5 2.2%, 8 0.4%`` when the model is sure;
+    ``photo.jpg: not sure (4 or 9: <reason>)  top 3: ...`` when it is not.
+    """
+    top3 = ", ".join(f"{d} {100 * q:.1f}%" for d, q in prediction.top3)
+    if prediction.reason is None:
+        return f"{path}: {prediction.digit}  ({100 * prediction.confidence:.1f}%)  top 3: {top3}"
+    contenders = [str(prediction.digit)] + [
+        str(d) for d, q in prediction.top3[1:2] if q >= _RUNNER_UP_MIN
+    ]
+    why = f"{' or '.join(contenders)}: {prediction.reason.message}"
+    return f"{path}: not sure ({why})  top 3: {top3}"
+
+
 def _predict(args: argparse.Namespace) -> int:
     import json
 
@@ -392,6 +416,7 @@ def _predict(args: argparse.Namespace) -> int:
     used: set[Path] = set()
     results: list[dict] = []
     failed = 0
+    unsure = 0  # "not sure" is an answer, not a failure: it does not change the exit status
 
     for start in range(0, len(files), args.batch_size):
         # Records stay in the order of the files; errors are also reported on stderr.
@@ -412,6 +437,7 @@ def _predict(args: argparse.Namespace) -> int:
             batch, predictor.predict_inputs(inputs), strict=True
         ):
             records[slot].update(prediction.to_dict())
+            unsure += prediction.reason is not None
             if out_dir is not None:
                 # a/1.jpg -> DIR/a/1.png, or DIR/a/1.jpg.png when a/1.png took that name.
                 target = out_dir / rel.with_suffix(".png")
@@ -422,11 +448,7 @@ def _predict(args: argparse.Namespace) -> int:
                 atomic.write_with(target, lambda f, im=image: im.save(f, "PNG"))
                 records[slot]["model_input"] = str(target)
             if not args.json:
-                top3 = ", ".join(f"{d} {100 * q:.1f}%" for d, q in prediction.top3)
-                print(
-                    f"{path}: {prediction.digit}  ({100 * prediction.confidence:.1f}%)  "
-                    f"top 3: {top3}"
-                )
+                print(_prediction_line(path, prediction))
         results += records
     if args.json:
         info = predictor.info
@@ -435,10 +457,12 @@ def _predict(args: argparse.Namespace) -> int:
             "results": results,
             "predicted": len(results) - failed,
             "failed": failed,
+            "unsure": unsure,
         }
         print(json.dumps(document, indent=2))
     else:
-        print(f"{len(results) - failed} predicted, {failed} failed", file=sys.stderr)
+        summary = f"{len(results) - failed} predicted, {failed} failed"
+        print(summary + (f", {unsure} not sure" if unsure else ""), file=sys.stderr)
     return EXIT_FAILED if failed else 0
 
 

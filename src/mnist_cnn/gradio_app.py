@@ -31,7 +31,7 @@ from mnist_cnn.preprocess import ImageError, NoDigitError
 if TYPE_CHECKING:  # the annotations only; importing gradio costs seconds
     import gradio as gr
 
-    from mnist_cnn.predict import Predictor
+    from mnist_cnn.predict import Prediction, Predictor
 
 INSTALL_HINT = (
     'the Gradio interface needs the optional packages: pip install ".[gradio]" in a clone of '
@@ -49,6 +49,8 @@ CANVAS_SIZE = 280
 BRUSH_SIZE = 10
 
 EMPTY_MESSAGE = "Draw a digit on the canvas, or upload a photo of one."
+# A "not sure" message names the runner-up when it has at least this probability.
+RUNNER_UP_MIN = 0.05
 
 Outputs = tuple[dict[str, float] | None, np.ndarray | None, str]
 
@@ -135,8 +137,10 @@ def classify(predictor: Predictor, image: Any, scale: int = 1) -> Outputs:
 
     Returns the ten class probabilities keyed by digit (``"0"`` .. ``"9"``, the form
     ``gr.Label`` takes), the uint8 28x28 image the model saw (enlarged ``scale`` times with
-    nearest-neighbour sampling) and a message. When there is nothing to classify, the first
-    two are ``None`` and the message says why.
+    nearest-neighbour sampling) and a message: the digit and its confidence, or, when the
+    Predictor is not sure, "**Not sure**: this looks most like a 4 (52.0%), or a 9 (41.0%)."
+    and the reason. When there is nothing to classify, the first two are ``None`` and the
+    message says why.
     """
     image = _unwrap(image)
     if image is None:
@@ -153,12 +157,27 @@ def classify(predictor: Predictor, image: Any, scale: int = 1) -> Outputs:
     model_input = prediction.model_input
     if scale > 1:
         model_input = np.kron(model_input, np.ones((scale, scale), dtype=np.uint8))
+    return probabilities, model_input, _describe(prediction)
+
+
+def _a(digit: int) -> str:
+    return f"an {digit}" if digit == 8 else f"a {digit}"
+
+
+def _describe(prediction: Prediction) -> str:
+    """The message (Markdown) for a prediction: the digit and how sure, or "Not sure" in
+    words with the digits it looks like and the reason."""
     runner_up, runner_up_p = prediction.top3[1]
-    message = (
-        f"**{prediction.digit}** with {100 * prediction.confidence:.1f}% confidence "
-        f"(next: {runner_up} at {100 * runner_up_p:.1f}%)."
-    )
-    return probabilities, model_input, message
+    if prediction.reason is None:
+        return (
+            f"**{prediction.digit}** with {100 * prediction.confidence:.1f}% confidence "
+            f"(next: {runner_up} at {100 * runner_up_p:.1f}%)."
+        )
+    # Not sure is an answer, not an error: say what it looks like, and why it is unsure.
+    likely = f"{_a(prediction.digit)} ({100 * prediction.confidence:.1f}%)"
+    if runner_up_p >= RUNNER_UP_MIN:
+        likely += f", or {_a(runner_up)} ({100 * runner_up_p:.1f}%)"
+    return f"**Not sure**: this looks most like {likely}. {_sentence(prediction.reason.message)}"
 
 
 # --------------------------------------------------------------------------- the interface

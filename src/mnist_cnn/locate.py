@@ -638,6 +638,8 @@ def _place(small: np.ndarray) -> np.ndarray:
     """Place a digit in the 28x28 field with its centre of mass at MNIST's centre."""
     h, w = small.shape
     m = cv2.moments(small)
+    if m["m00"] <= 0:
+        raise NoDigitError("no digit found: the image is blank")
     cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
     # Integer shifts, as MNIST was made (no extra blur); clamped so nothing is cut off.
     top = min(max(round(MNIST_CENTRE[0] - cy), 0), FIELD - h)

@@ -10,9 +10,12 @@
   (``curl --data-binary @x.png -H 'Content-Type: image/png'``).
 
 It answers with the prediction, the 28x28 image the model saw (a PNG data URL, so the page
-can show it without a second request), a summary of the model and the time it took. What
-goes wrong is an error with a status (``errors.py``): 400 for a request we cannot read, 413
-for a body over the limit, 415 for what is not an image, 422 for an image without a digit.
+can show it without a second request), a summary of the model and the time it took. The
+prediction's ``status`` is "ok", or "unsure" with a ``reason`` (``{"code", "message"}``)
+when the input is probably not one digit or the model cannot tell: "not sure" is an answer
+(200), not an error. What goes wrong is an error with a status (``errors.py``): 400 for a
+request we cannot read, 413 for a body over the limit, 415 for what is not an image, 422
+for an image without a digit.
 """
 
 from __future__ import annotations
@@ -148,10 +151,16 @@ def predict() -> dict[str, Any]:
     body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
     if state["config"].log_predictions:
         top3 = ",".join(f"{d}:{p:.4f}" for d, p in prediction.top3)
+        # "status=unsure reason=ambiguous": grep-able, and one line per prediction as before.
+        status = prediction.status
+        if prediction.reason is not None:
+            status += f" reason={prediction.reason.code}"
         log.info(
-            "prediction digit=%d confidence=%.4f top3=%s elapsed_ms=%.1f source=%s model=%s",
+            "prediction digit=%d confidence=%.4f status=%s top3=%s elapsed_ms=%.1f source=%s "
+            "model=%s",
             prediction.digit,
             prediction.confidence,
+            status,
             top3,
             body["elapsed_ms"],
             source,

@@ -12,6 +12,17 @@
   // Stroke width on the 280x280 pad: a digit drawn to fill the pad then has strokes about
   // as thick, relative to its size, as MNIST's. The preprocessing adjusts the rest.
   const PEN_WIDTH = 20;
+  // A runner-up is worth naming in a "not sure" answer when it has at least this probability.
+  const RUNNER_UP_MIN = 0.05;
+  // Photos are shrunk in the browser above this many pixels (the server refuses more than
+  // 40 MP, and a 48 MP phone photo is common) or over the upload limit in bytes; the
+  // model sees 28x28 pixels, so a long side of 3000 pixels loses nothing it needs.
+  const SHRINK_ABOVE_PIXELS = 12_000_000;
+  const SHRUNK_LONG_SIDE = 3000;
+  const SHRUNK_JPEG_QUALITY = 0.9;
+  // What a multipart body adds around the file (boundaries, headers): the server's limit is
+  // on the whole body.
+  const MULTIPART_ALLOWANCE = 4096;
 
   const $ = (id) => document.getElementById(id);
   const pad = $("pad");
@@ -33,6 +44,9 @@
   const messageEl = $("message");
   const announceEl = $("announce");
   const metaEl = $("meta");
+  const stripDigit = $("strip-digit");
+  const stripMain = $("strip-main");
+  const stripDetail = $("strip-detail");
   const bars = Array.from(document.querySelectorAll("#bars .bar"));
   const tabs = Array.from(document.querySelectorAll('[role="tab"]'));
   const defaultMeta = metaEl.textContent;
@@ -46,11 +60,26 @@
 
   // ------------------------------------------------------------------ result panel
 
+  // The answer strip (narrow screens) repeats the result card's answer in one line.
+  function setStrip(digit, main, detail, state) {
+    stripDigit.textContent = digit;
+    stripDigit.classList.toggle("empty", state === "empty" || state === "error");
+    stripDigit.classList.toggle("unsure", state === "unsure");
+    stripMain.textContent = main;
+    stripMain.classList.toggle("unsure", state === "unsure");
+    stripMain.classList.toggle("error", state === "error");
+    stripDetail.textContent = detail;
+  }
+
   function resetResult(text = "Draw or upload one to begin.") {
     digitEl.textContent = "?";
     digitEl.classList.add("empty");
+    digitEl.classList.remove("unsure");
+    resultCard.classList.remove("unsure");
     confidenceEl.textContent = "No digit yet";
+    confidenceEl.classList.remove("unsure");
     runnerUpEl.textContent = text;
+    setStrip("?", "No digit yet", text, "empty");
     modelInput.hidden = true;
     modelInput.removeAttribute("src");
     modelInput.alt = "";
@@ -64,13 +93,59 @@
     hideMessage();
   }
 
+  // Advice for each reason the server gives for a "not sure" answer; the server's own
+  // message says what it found.
+  const UNSURE_ADVICE = {
+    ambiguous: "Try again with a clearer digit, large and centred.",
+    not_a_digit: "Draw or photograph one digit from 0 to 9.",
+    several_marks: "Draw one digit at a time, with nothing else in the picture.",
+  };
+
+  const sentence = (text) => {
+    const t = String(text || "").trim();
+    if (!t) return "";
+    const s = t.charAt(0).toUpperCase() + t.slice(1);
+    return /[.!?]$/.test(s) ? s : `${s}.`;
+  };
+
+  const aDigit = (d) => `${d === 8 ? "an" : "a"} ${d}`;
+
+  // "a 4, or a 9": the runner-up only when it is a real contender.
+  function likelyDigits(top3) {
+    const [first, second] = top3;
+    const names = [aDigit(first.digit)];
+    if (second && second.probability >= RUNNER_UP_MIN) names.push(aDigit(second.digit));
+    return names.join(", or ");
+  }
+
   function showPrediction(data, { announce }) {
     hideMessage();
+    // The server decides whether it is sure ("ok") or not ("unsure", with a reason).
+    const unsure = data.status === "unsure";
     digitEl.textContent = String(data.digit);
     digitEl.classList.remove("empty");
-    confidenceEl.textContent = `${percent(data.confidence)} sure`;
-    const others = data.top3.slice(1).map((t) => `${t.digit} (${percent(t.probability)})`);
-    runnerUpEl.textContent = others.length ? `Next: ${others.join(", ")}` : "";
+    digitEl.classList.toggle("unsure", unsure);
+    resultCard.classList.toggle("unsure", unsure);
+    confidenceEl.classList.toggle("unsure", unsure);
+    const withProbability = (t) => `${t.digit} (${percent(t.probability)})`;
+    const reason = (unsure && data.reason) || {};
+    const likely = likelyDigits(data.top3);
+    if (unsure) {
+      confidenceEl.textContent = "Not sure";
+      // The words are in the message below; this line gives the numbers.
+      runnerUpEl.textContent = `Top: ${data.top3.slice(0, 2).map(withProbability).join(", ")}`;
+      showMessage(
+        `Not sure: this looks most like ${likely}.`,
+        [sentence(reason.message), UNSURE_ADVICE[reason.code] || ""].filter(Boolean).join(" "),
+        "warn",
+      );
+      setStrip(String(data.digit), "Not sure", `Most like ${likely}`, "unsure");
+    } else {
+      const others = data.top3.slice(1).map(withProbability);
+      confidenceEl.textContent = `${percent(data.confidence)} sure`;
+      runnerUpEl.textContent = others.length ? `Next: ${others.join(", ")}` : "";
+      setStrip(String(data.digit), confidenceEl.textContent, runnerUpEl.textContent, "ok");
+    }
     modelInput.src = data.input_28x28;
     modelInput.alt = `The 28 by 28 pixel image the model saw, showing the digit as it classified it`;
     modelInput.hidden = false;
@@ -83,15 +158,10 @@
     });
     const model = data.model || {};
     metaEl.textContent = `${model.architecture || "model"} · ${model.file || ""} · answered in ${data.elapsed_ms} ms`;
-    if (data.confidence < 0.6) {
-      showMessage(
-        "The model is unsure about this one.",
-        "Try a larger, clearer digit, centred, with nothing else in the picture.",
-        "warn",
-      );
-    }
     if (announce) {
-      announceEl.textContent = `The model thinks this is a ${data.digit}, ${percent(data.confidence)} sure.`;
+      announceEl.textContent = unsure
+        ? `Not sure. This looks most like ${likely}. ${sentence(reason.message)}`.trim()
+        : `The model thinks this is ${aDigit(data.digit)}, ${percent(data.confidence)} sure.`;
     }
   }
 
@@ -113,6 +183,7 @@
     const entry = FRIENDLY[error.code];
     const text = (entry && typeof entry === "object" ? entry[source] : entry) || "Something went wrong.";
     showMessage(text, error.message || "", "error");
+    setStrip("?", "No answer", text, "error");
     announceEl.textContent = text;
   }
 
@@ -125,8 +196,10 @@
       messageEl.append(span);
     }
     messageEl.classList.toggle("warn", kind === "warn");
-    // An error alerts screen readers (role="alert"); a warning about a result is status.
-    messageEl.setAttribute("role", kind === "warn" ? "status" : "alert");
+    // An error alerts screen readers (role="alert"). A note about a result is not a live
+    // region: #announce says it once, not again at every update while a finger draws.
+    if (kind === "warn") messageEl.removeAttribute("role");
+    else messageEl.setAttribute("role", "alert");
     messageEl.hidden = false;
   }
 
@@ -329,25 +402,89 @@
   // ------------------------------------------------------------------ upload
 
   let previewUrl = null;
+  let uploadSequence = 0; // a file chosen while another is being shrunk wins
 
-  function sendFile(file) {
+  // The image's width and height as the browser would show it, from its header (an <img>
+  // loads without decoding every pixel); null for what the browser cannot read (TIFF).
+  function imageSize(url) {
+    return new Promise((resolve) => {
+      const img = new Image();
+      img.onload = () => resolve({ width: img.naturalWidth, height: img.naturalHeight });
+      img.onerror = () => resolve(null);
+      img.src = url;
+    });
+  }
+
+  function hasTransparency(context, width, height) {
+    const pixels = context.getImageData(0, 0, width, height).data;
+    for (let i = 3; i < pixels.length; i += 4) if (pixels[i] < 255) return true;
+    return false;
+  }
+
+  // A smaller copy of a big photo, or null when the file can go as it is (or the browser
+  // cannot decode it: the server reads more formats, and says what is wrong with the rest).
+  async function shrink(file, url) {
+    const size = await imageSize(url);
+    if (!size) return null;
+    const tooBig = file.size > MAX_UPLOAD_BYTES - MULTIPART_ALLOWANCE;
+    if (size.width * size.height <= SHRINK_ABOVE_PIXELS && !tooBig) return null;
+    let bitmap;
+    try {
+      // "from-image": turned upright by the photo's EXIF orientation, as the server would.
+      bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    } catch {
+      return null;
+    }
+    const scale = Math.min(1, SHRUNK_LONG_SIDE / Math.max(bitmap.width, bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    const context = canvas.getContext("2d");
+    context.imageSmoothingQuality = "high";
+    context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    // JPEG has no transparency: a digit drawn on a transparent background stays a PNG.
+    const type =
+      file.type !== "image/jpeg" && hasTransparency(context, canvas.width, canvas.height) ? "image/png" : "image/jpeg";
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, type, SHRUNK_JPEG_QUALITY));
+    canvas.width = canvas.height = 0; // free the pixels now, not at the next collection
+    if (!blob) return null;
+    const base = (file.name || "image").replace(/\.[^.]*$/, "");
+    return new File([blob], `${base}.${type === "image/png" ? "png" : "jpg"}`, { type });
+  }
+
+  async function sendFile(file) {
     if (!file) return;
+    const mine = ++uploadSequence;
     selectTab(tabs[1], { focus: false });
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
     preview.src = previewUrl;
     preview.alt = `Your image: ${file.name || "pasted image"}`;
     preview.hidden = false;
-    if (file.size > MAX_UPLOAD_BYTES) {
+    let upload = file;
+    try {
+      resultCard.setAttribute("aria-busy", "true");
+      upload = (await shrink(file, previewUrl)) || file;
+    } catch {
+      upload = file; // shrinking is a courtesy: the server still gets to say what is wrong
+    }
+    if (mine !== uploadSequence) return;
+    if (upload.size > MAX_UPLOAD_BYTES - MULTIPART_ALLOWANCE) {
       // No point in sending what the server will refuse.
+      resultCard.removeAttribute("aria-busy");
       resetResult("Try another image.");
       const mb = (MAX_UPLOAD_BYTES / 1048576).toFixed(0);
-      showError({ code: "too_large", message: `The file is ${(file.size / 1048576).toFixed(1)} MB; the limit is ${mb} MB.` }, "upload");
+      const message =
+        upload === file
+          ? `The file is ${(file.size / 1048576).toFixed(1)} MB; the limit is ${mb} MB.`
+          : `Even made smaller, the image is ${(upload.size / 1048576).toFixed(1)} MB; the limit is ${mb} MB.`;
+      showError({ code: "too_large", message }, "upload");
       revealResult();
       return;
     }
     const form = new FormData();
-    form.append("image", file, file.name || "image");
+    form.append("image", upload, upload.name || file.name || "image");
     predict(form, {}, "upload");
   }
 
