@@ -271,7 +271,6 @@ class _Ink:
     background: np.ndarray  # float32, the analysed image's size
     floor: float
     solid: float
-    stroke: float = 0.0  # typical stroke width in analysed pixels (0: unknown)
 
     def response(self, gray: np.ndarray, background: np.ndarray) -> np.ndarray:
         """Raw ink response of ``gray`` against ``background`` (same shapes, float32)."""
@@ -354,7 +353,7 @@ def _measure_ink(small: np.ndarray, sheet: np.ndarray | None, window: int) -> _I
             f"{solid:.2f}, noise {sigma:.3f})"
         )
     # Ink is what stands above the noise floor, scaled so that solid ink is 1.
-    return _Ink(dark, background, 3.0 * sigma, solid, width)
+    return _Ink(dark, background, 3.0 * sigma, solid)
 
 
 def _ink_on_sheet(ink: np.ndarray, sheet: np.ndarray) -> bool:
@@ -477,7 +476,7 @@ def _distinct(angles: list[float], tolerance: float = math.radians(3)) -> list[f
 
 
 def _keep_digit(
-    ink: np.ndarray, weak: np.ndarray, sheet: np.ndarray | None, stroke: float
+    ink: np.ndarray, weak: np.ndarray, sheet: np.ndarray | None
 ) -> tuple[np.ndarray, int]:
     """(where the digit is, as a mask of ``ink``'s shape; how many separate substantial
     marks it holds): the main connected piece of ink and the pieces that belong to it,
@@ -542,13 +541,17 @@ def _keep_digit(
     stroke_like = (thick[1:] <= 0.1 * stats[1:, cv2.CC_STAT_AREA]).tolist()
     chosen = {main}
     by0, by1, bx0, bx1 = boxes[main]
+    # Only pieces that could join at all (1% of the main piece's mass, on the sheet, stroke
+    # like): sensor noise makes hundreds of tiny pieces, and the growth below is quadratic.
+    floor = 0.01 * masses[main]
+    candidates = [i for i in range(count) if masses[i] >= floor and not off[i] and stroke_like[i]]
     grew = True
     while grew:
         grew = False
         size = max(by1 - by0, bx1 - bx0) + 1
         total = sum(masses[i] for i in chosen)
-        for i in range(count):
-            if i in chosen or off[i] or not stroke_like[i]:
+        for i in candidates:
+            if i in chosen:
                 continue
             a0, a1, b0, b1 = boxes[i]
             gap = max(a0 - by1, by0 - a1, b0 - bx1, bx0 - b1, 0)
@@ -687,7 +690,7 @@ def locate(gray: np.ndarray) -> Located:
         weak, lines = _remove_lines(weak, ink_small > FAINT_INK, sheet)
     else:
         lines = np.zeros_like(weak)
-    keep, marks = _keep_digit(ink_small, weak, sheet, levels.stroke)
+    keep, marks = _keep_digit(ink_small, weak, sheet)
     ys, xs = np.nonzero(keep)
     extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
     if extent < max(MIN_EXTENT_PX, MIN_EXTENT * max(sh, sw)):
