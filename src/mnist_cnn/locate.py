@@ -495,37 +495,40 @@ def _keep_digit(
     has_strong = np.zeros(n, dtype=bool)
     has_strong[labels[ink >= STRONG_INK]] = True
     strong = has_strong[1:].tolist()
-    if n < 2 or not any(strong):
+    if n < 2 or not has_strong[1:].any():
         raise NoDigitError("no digit found: only faint marks")
+    # Sensor noise makes hundreds of tiny pieces: everything below is vectorised over them,
+    # and the Python loops further down see only the few that could matter.
     x0 = stats[1:, cv2.CC_STAT_LEFT]
     y0 = stats[1:, cv2.CC_STAT_TOP]
     x1 = x0 + stats[1:, cv2.CC_STAT_WIDTH] - 1
     y1 = y0 + stats[1:, cv2.CC_STAT_HEIGHT] - 1
-    boxes = list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), strict=True))
     count = n - 1
-    touches = [b[0] == 0 or b[2] == 0 or b[1] == h - 1 or b[3] == w - 1 for b in boxes]
+    sides = (y0 == 0).astype(int) + (y1 == h - 1) + (x0 == 0) + (x1 == w - 1)
+    touches = (sides > 0).tolist()
     if sheet is not None:
         # Marks off the sheet (slivers of desk, its grain, a pen beside the sheet) are not
         # the digit, whatever their size; a digit may run into a shadow that looks like desk.
         on_sheet = np.bincount(labels.ravel(), weights=sheet.ravel(), minlength=n)[1:]
-        off = on_sheet < 0.2 * stats[1:, cv2.CC_STAT_AREA]
+        off = (on_sheet < 0.2 * stats[1:, cv2.CC_STAT_AREA]).tolist()
     else:
-        off = np.zeros(count, dtype=bool)
-    # Where a person would look: the biggest piece on the sheet, preferring pieces that are
-    # whole (not cut by the image's edge: a neighbour in a crop of a number, the edge of a
-    # page) when one of comparable mass exists.
+        off = [False] * count
     # A solid piece against two edges of the image, or across it, is the edge of a shadow
     # or of the page (a lit corner, a darker band), never a digit.
     dt = cv2.distanceTransform(weak.astype(np.uint8), cv2.DIST_L2, 3)
     deep = np.bincount(labels.ravel(), weights=(dt >= 3).ravel(), minlength=n)[1:]
     area = stats[1:, cv2.CC_STAT_AREA]
     fill = area / (stats[1:, cv2.CC_STAT_WIDTH] * stats[1:, cv2.CC_STAT_HEIGHT])
-    sides = [(b[0] == 0) + (b[1] == h - 1) + (b[2] == 0) + (b[3] == w - 1) for b in boxes]
-    edge_of_light = [
-        sides[i] >= 2 and fill[i] >= 0.4 and deep[i] >= 0.5 * area[i] for i in range(count)
-    ]
-    order = sorted(range(count), key=lambda i: -masses[i])
-    order = [i for i in order if strong[i] and not edge_of_light[i]]
+    edge_of_light = (sides >= 2) & (fill >= 0.4) & (deep >= 0.5 * area)
+    # Where a person would look: the biggest piece on the sheet, preferring pieces that are
+    # whole (not cut by the image's edge: a neighbour in a crop of a number, the edge of a
+    # page) when one of comparable mass exists.
+    ranked = np.argsort(-masses, kind="stable")
+    order = [int(i) for i in ranked if has_strong[i + 1] and not edge_of_light[i]]
+    boxes = {
+        i: (int(y0[i]), int(y1[i]), int(x0[i]), int(x1[i]))
+        for i in ranked[: max(64, len(order))].tolist()
+    }
     if not order:
         raise NoDigitError("no digit found: only the edge of a shadow or of the page")
     on = [i for i in order if not off[i]] or order
@@ -538,7 +541,7 @@ def _keep_digit(
     main_dt = dt[labels == main + 1]
     half_width = float(np.median(main_dt[main_dt >= np.percentile(main_dt, 50)]))
     thick = np.bincount(labels.ravel(), weights=(dt > 2.0 * half_width + 1.5).ravel(), minlength=n)
-    stroke_like = (thick[1:] <= 0.1 * stats[1:, cv2.CC_STAT_AREA]).tolist()
+    stroke_like = thick[1:] <= 0.1 * stats[1:, cv2.CC_STAT_AREA]
     chosen = {main}
     by0, by1, bx0, bx1 = boxes[main]
     # Only pieces that could join at all (1% of the main piece's mass, on the sheet, stroke
