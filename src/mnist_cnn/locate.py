@@ -80,6 +80,8 @@ BACKGROUND_WINDOW = 0.45
 WEAK_INK = 0.2
 FAINT_INK = 0.08  # printed lines are traced from here
 STRONG_INK = 0.5
+# Hough segments examined for families of lines, the longest first.
+MAX_SEGMENTS = 40
 # Ink at least this thick (analysed pixels) across a line is a stroke, not the line.
 LINE_MEND = 5
 # A sheet of paper holds a disc of at least this radius, as a fraction of the image's
@@ -394,7 +396,11 @@ def _remove_lines(
     )
     if segments is None:
         return mask, np.zeros_like(mask)
-    found = segments.reshape(-1, 4).tolist()
+    # The longest few are enough to recognise families (the pairing below is quadratic,
+    # and the thick strokes of a drawing give many short segments).
+    found = segments.reshape(-1, 4)
+    lengths = np.hypot(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1])
+    found = found[np.argsort(-lengths, kind="stable")[:MAX_SEGMENTS]].tolist()
     angles = [math.atan2(y1 - y0, x1 - x0) % math.pi for x0, y0, x1, y1 in found]
     offsets = [
         -math.sin(a) * (x0 + x1) / 2 + math.cos(a) * (y0 + y1) / 2
@@ -524,7 +530,7 @@ def _keep_digit(
     # whole (not cut by the image's edge: a neighbour in a crop of a number, the edge of a
     # page) when one of comparable mass exists.
     ranked = np.argsort(-masses, kind="stable")
-    order = [int(i) for i in ranked if has_strong[i + 1] and not edge_of_light[i]]
+    order = ranked[(has_strong[1:] & ~edge_of_light)[ranked]].tolist()
     boxes = {
         i: (int(y0[i]), int(y1[i]), int(x0[i]), int(x1[i]))
         for i in ranked[: max(64, len(order))].tolist()
