@@ -386,8 +386,13 @@ def _remove_lines(
     else:
         span_w, span_h = w, h
     shortest = LINE_FAMILY_SPAN * min(span_w, span_h)
+    # Printed lines are thin: the transform looks only at ink that a 3x3 opening removes,
+    # which leaves out the bulk of thick strokes (a marker, a drawing pad) and most of the
+    # transform's work with them.
+    faint_u8 = faint.astype(np.uint8)
+    thin = faint_u8 & (cv2.morphologyEx(faint_u8, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) == 0)
     segments = cv2.HoughLinesP(
-        faint.astype(np.uint8),
+        thin,
         1,
         np.pi / 180,
         threshold=max(10, int(0.3 * shortest)),
@@ -451,7 +456,7 @@ def _remove_lines(
     length = _odd(0.25 * min(span_w, span_h))
     for angle in _distinct([angles[i] for i in ruled + margins]):
         # A closing along the line first: a faint line breaks into dashes at the threshold.
-        joined = cv2.morphologyEx(faint.astype(np.uint8), cv2.MORPH_CLOSE, _line_kernel(angle, 9))
+        joined = cv2.morphologyEx(faint_u8, cv2.MORPH_CLOSE, _line_kernel(angle, 9))
         along = (cv2.morphologyEx(joined, cv2.MORPH_OPEN, _line_kernel(angle, length)) > 0) & mask
         across = cv2.morphologyEx(u8, cv2.MORPH_OPEN, _line_kernel(angle + math.pi / 2, LINE_MEND))
         removed |= along & (across == 0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -140,6 +141,9 @@ class Predictor:
             raise CheckpointError(f"{path}: an ONNX model needs backend='onnx'.")
         if threads:
             torch.set_num_threads(threads)
+            # OpenCV (the front end) has a thread pool of its own, one thread per core by
+            # default: a server's one-thread workers would otherwise each start several.
+            cv2.setNumThreads(threads)
         loaded = load_model(path)
         # Channels-last weights as well as inputs: oneDNN then skips a layout conversion of
         # every convolution's weights on every call (about twice the batched throughput).
@@ -160,6 +164,9 @@ class Predictor:
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None, max_pixels: int) -> Predictor:
         from mnist_cnn import export
+
+        if threads:
+            cv2.setNumThreads(threads)  # as for PyTorch: the front end's thread pool
 
         if path.suffix == ".onnx":
             if not path.is_file():
