@@ -380,6 +380,11 @@ def reasons(s: Scored, policy: UnsurePolicy) -> dict[str, int]:
     return counts
 
 
+def _errors(s: Scored) -> str:
+    """The note on preprocessing errors of a set (", N errors (codes)"), or "" when none."""
+    return f", {len(s.errors)} errors ({', '.join(sorted(set(s.errors)))})" if s.errors else ""
+
+
 def report(
     scored: list[Scored], feats: list[Features], policy: UnsurePolicy
 ) -> tuple[str, dict[str, object]]:
@@ -398,9 +403,7 @@ def report(
         digit_flags.append(flagged.mean() if len(flagged) else 0.0)
         digit_right.append(right)
         r = reasons(s, policy)
-        errors = (
-            f", {len(s.errors)} errors ({', '.join(sorted(set(s.errors)))})" if s.errors else ""
-        )
+        errors = _errors(s)
         lines.append(
             f"| {s.name} | {s.total} | {100 * f.correct.mean():.1f}% | {s.refused}{errors} | "
             f"{100 * flagged.mean():.1f}% | {100 * right:.1f}% | "
@@ -424,9 +427,7 @@ def report(
         if s.counted:
             catches[s.name] = round(catch, 4)
         r = reasons(s, policy)
-        errors = (
-            f", {len(s.errors)} errors ({', '.join(sorted(set(s.errors)))})" if s.errors else ""
-        )
+        errors = _errors(s)
         lines.append(
             f"| {s.name} | {s.total} | {s.refused}{errors} | {100 * catch:.1f}% | "
             f"{r['ambiguous']} / {r['not_a_digit']} / {r['several_marks']} |"
