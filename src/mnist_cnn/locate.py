@@ -666,6 +666,20 @@ def _place(small: np.ndarray) -> np.ndarray:
     return out
 
 
+def frame(ink: np.ndarray) -> np.ndarray:
+    """Ink intensities (H, W) in [0, 1], white on black and already clean -> the float
+    (28, 28) MNIST field: cropped to the ink, strokes brought to MNIST's width, the longest
+    side fitted into 20 pixels, the centre of mass at the field's centre.
+
+    ``locate`` ends here; so do the synthetic non-digits that training shows the network
+    (``mnist_cnn.outliers``), so that both look exactly as the model's inputs do.
+    """
+    ys, xs = np.nonzero(ink > 0.05)
+    if ys.size == 0:
+        raise NoDigitError("no digit found: the image is blank")
+    return _place(_fit_box(ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]))
+
+
 def locate(gray: np.ndarray) -> Located:
     """Find the digit in a grayscale float (H, W) image in [0, 1] and make the model input.
 
@@ -726,8 +740,7 @@ def locate(gray: np.ndarray) -> Located:
     ys, xs = np.nonzero(ink > 0.05)
     if ys.size == 0:
         raise NoDigitError("no digit found: the image is blank")
-    digit = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    field = _place(_fit_box(digit))
+    field = frame(ink)
     box = (
         int((c0 + xs.min()) / scale),
         int((r0 + ys.min()) / scale),
