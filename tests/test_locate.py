@@ -11,6 +11,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pytest
 from _imaging import (
@@ -33,7 +34,16 @@ from _imaging import (
 from PIL import Image
 
 from mnist_cnn.decode import NoDigitError
-from mnist_cnn.locate import FIELD, Located
+from mnist_cnn.locate import (
+    FIELD,
+    Located,
+    _components,
+    _crop_box,
+    _enlarged,
+    _median,
+    _nearest,
+    _percentile,
+)
 from mnist_cnn.predict import Predictor
 
 BLACK_INK = (0.1, 0.1, 0.13)
@@ -466,3 +476,74 @@ def test_the_no_digit_pages_hold_a_digit_once_written_on(predictor: Predictor) -
     for background in (blank_ruled_page(), shadow(page(240, 320), (170, 120), 35)):
         image, _, _ = full_page(4, background)
         assert predictor.predict(to_uint8(image)).digit == 4
+
+
+# --------------------------------------------------------------------------- exact shortcuts
+# For speed, ``locate`` replaces NumPy's median and percentile, and OpenCV's labelling,
+# distance transform and nearest-neighbour enlargement of whole images, with cheaper
+# equivalents. They must give the very same values: ties and thresholds downstream turn the
+# smallest difference into a different 28x28 input.
+
+
+def test_median_and_percentile_are_numpys() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 11, 100, 1001, 19080):
+        samples = (
+            rng.random(n).astype(np.float32),
+            (rng.integers(0, 6, n) * np.float32(0.955)).astype(np.float32),  # many ties
+            rng.integers(0, 300, n).astype(np.int16),
+            rng.integers(0, 256, n).astype(np.uint8),
+        )
+        for values in samples:
+            assert _median(values) == float(np.median(values))
+        for values in samples[:2]:
+            for q in (2, 50, 90, 99.5):
+                assert _percentile(values, q) == float(np.percentile(values, q))
+
+
+def random_marks(rng: np.random.Generator) -> np.ndarray:
+    """A uint8 mask of speckles and blobs over a random part of a random-sized image."""
+    h, w = (int(v) for v in rng.integers(8, 161, 2))
+    mask = np.zeros((h, w), np.uint8)
+    y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y1, x1 = int(rng.integers(y0 + 1, h + 1)), int(rng.integers(x0 + 1, w + 1))
+    mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < rng.uniform(0.05, 0.9)
+    return mask
+
+
+def test_components_of_the_bounding_box_are_the_whole_images() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        mask = random_marks(rng)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        m, cropped, cropped_stats, box = _components(mask)
+        # The same pieces with the same labels, in the same order (which decides ties).
+        assert m == n
+        assert np.array_equal(cropped, labels[box])
+        assert np.array_equal(cropped_stats[1:], stats[1:])
+        ring = _crop_box(mask, margin=1)
+        whole = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+        assert np.array_equal(cv2.distanceTransform(mask[ring], cv2.DIST_L2, 3), whole[ring])
+    assert _components(np.zeros((5, 7), np.uint8))[0] == 1
+
+
+def test_nearest_is_cv2_resize() -> None:
+    for size in range(2, 641):
+        for source in {size // 2, max(1, size // 3), size - 1}:
+            line = np.arange(source, dtype=np.float32)[None]
+            enlarged = cv2.resize(line, (size, 1), interpolation=cv2.INTER_NEAREST)[0]
+            assert np.array_equal(_nearest(size, source, 0, size), enlarged)
+            assert np.array_equal(_nearest(size, source, 3, size), enlarged[3:])
+
+
+def test_enlarged_box_is_cv2_resize() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(2, 161, 2))
+        small = rng.random((h, w)).astype(np.float32)
+        for height, width in ((2 * h, 2 * w), (2 * h + 1, 2 * w)):  # 2x, and not quite
+            whole = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+            r0, c0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+            r1, c1 = int(rng.integers(r0 + 1, height + 1)), int(rng.integers(c0 + 1, width + 1))
+            box = slice(r0, r1), slice(c0, c1)
+            assert np.array_equal(_enlarged(small, height, width, *box), whole[box])
