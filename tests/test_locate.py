@@ -134,6 +134,38 @@ def hard_shadow_across_the_digit() -> Scene:
     return Scene(camera(image, 3), 3, drawn, box, True)
 
 
+def _shade(
+    image: np.ndarray, *edges: tuple[tuple[float, float], float], depth: float
+) -> np.ndarray:
+    """The light falls to ``depth`` where the page lies on the shaded side of every edge
+    (a point and an angle in degrees), with a penumbra of ~2 pixels: two parallel edges
+    make a band (a pen's shadow), two crossing ones a wedge (a phone's corner)."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    inside = np.ones((h, w), np.float32)
+    for (x, y), angle in edges:
+        a = np.deg2rad(angle)
+        inside *= 1 / (1 + np.exp(((xx - x) * np.sin(a) - (yy - y) * np.cos(a)) / 1.2))
+    light = 1 - (1 - depth) * inside
+    return (image * light[..., None]).astype(np.float32)
+
+
+def shadow_band_across_the_digit() -> Scene:
+    # A pen lying across the page casts a band about four strokes wide over the 5: too
+    # narrow for the background window, it once passed for ink.
+    image, drawn, box = full_page(5, page(240, 320))
+    image = _shade(image, ((160, 100), 15), ((160, 135), 195), depth=0.5)
+    return Scene(camera(image, 4), 5, drawn, box, True)
+
+
+def shadow_wedge_by_the_digit() -> Scene:
+    # The corner of a phone's shadow points at the 2 from the right: its narrow tip once
+    # joined the digit as a grey triangle.
+    image, drawn, box = full_page(2, page(240, 320))
+    image = _shade(image, ((200, 120), 80), ((200, 120), 120), depth=0.45)
+    return Scene(camera(image, 5), 2, drawn, box, True)
+
+
 def ruled_paper_with_margin() -> Scene:
     # Blue lines every 22 pixels cross the 5 four times; the red margin runs beside it.
     image, drawn, box = full_page(5, ruled(page(240, 320), 22, margin_x=60, colour=DARK_RULING))
@@ -242,6 +274,8 @@ SCENES: dict[str, Callable[[], Scene]] = {
     "ruled sheet on a desk": ruled_sheet_on_desk(LIGHT_RULING),
     "ruled sheet on a desk, dark lines": ruled_sheet_on_desk(DARK_RULING),
     "hard shadow across the digit": hard_shadow_across_the_digit,
+    "shadow band across the digit": shadow_band_across_the_digit,
+    "shadow wedge by the digit": shadow_wedge_by_the_digit,
     "ruled paper with a red margin": ruled_paper_with_margin,
     "squared paper": squared_paper,
     "pencil": pencil,

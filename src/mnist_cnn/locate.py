@@ -83,6 +83,10 @@ BACKGROUND_WINDOW = 0.45
 WEAK_INK = 0.2
 FAINT_INK = 0.08  # printed lines are traced from here
 STRONG_INK = 0.5
+# An area of "ink" (wider than strokes) fainter than this is shade, not writing.
+SHADE_LEVEL = 0.75
+SHADE_RADIUS = 0.6  # the opening disk, in stroke widths
+SHADE_SPREAD = 0.5  # shade is flat: its interquartile range is below this share of its level
 # Hough segments examined for families of lines, the longest first.
 MAX_SEGMENTS = 40
 # Ink at least this thick (analysed pixels) across a line is a stroke, not the line.
@@ -490,6 +494,67 @@ def _measure_ink(
     return _Ink(dark, background, 3.0 * sigma, solid), r
 
 
+def _lift_shade(ink: np.ndarray) -> np.ndarray:
+    """Solid areas of weak "ink" are shade: their level becomes the background there.
+
+    The background windows are a few strokes wide, so a shadow's narrow parts (the tip of
+    a wedge where a hard edge meets a second one, a band cast by a pen lying across the
+    page) pass for ink. Writing is made of strokes, which an opening with a disk wider
+    than a stroke removes; what survives it is an area. An area darker than the paper,
+    far lighter than the writing and flat (a blurred stroke is all slopes) is shade: its
+    own level is subtracted inside it, which keeps the strokes that cross it (darker
+    still) and clears the rest.
+    """
+    # The width of the writing: its strong ink, with the gaps between the specks of
+    # grainy pencil closed (measured on the specks alone, whole pencil strokes would pass
+    # for areas; measured on all the ink, a band of shade would widen the strokes).
+    strong = cv2.morphologyEx((ink > STRONG_INK).view(np.uint8), cv2.MORPH_CLOSE, _disk(1))
+    width = _stroke_width(_largest_inner(strong.view(bool))) if strong.any() else 0.0
+    if not 0 < width < math.inf:
+        return ink
+    weak = (ink > WEAK_INK).view(np.uint8)
+    areas = cv2.morphologyEx(weak, cv2.MORPH_OPEN, _disk(max(1, math.ceil(SHADE_RADIUS * width))))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(areas, connectivity=8)
+    shade = []
+    for i in range(1, n):
+        x, y, w, h, area = stats[i]
+        region = labels[y : y + h, x : x + w] == i
+        values = ink[y : y + h, x : x + w][region]
+        level = _median(values)
+        if level >= SHADE_LEVEL:
+            if area > (3 * width) ** 2:
+                # A large solid area as dark as the writing (a desk taken for ink, a
+                # filled shape): the ink's scale is not the writing's, and what is
+                # lighter than that area may well be the digit. Leave it all as it is.
+                return ink
+            continue  # a filled part of the writing (where a marker's strokes meet)
+        at_edge = x == 0 or y == 0 or x + w == ink.shape[1] or y + h == ink.shape[0]
+        if at_edge and area < (4 * width) ** 2:
+            # A strip along the frame (a desk's edge, the rim of a shadow) is dropped
+            # later as cut by the edge; lifted, what remains of it would not touch the
+            # edge any more. Bands that cross the frame are far larger.
+            continue
+        shade.append((i, level, values))
+    out = ink
+    for i, level, values in shade:
+        x, y, w, h, _ = stats[i]
+        region = labels[y : y + h, x : x + w] == i
+        q1, q3 = np.percentile(values, (25, 75))
+        if q3 - q1 > SHADE_SPREAD * level:
+            continue  # not flat: a blurred stroke's slopes (a low-resolution scan)
+        if out is ink:
+            out = ink.copy()
+        # The shade's soft edge belongs to it too.
+        pad = max(2, math.ceil(width))
+        y0, y1, x0, x1 = max(0, y - pad), y + h + pad, max(0, x - pad), x + w + pad
+        grown = np.zeros_like(out[y0:y1, x0:x1], dtype=np.uint8)
+        grown[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = region
+        grown = cv2.dilate(grown, _disk(pad)).astype(bool)
+        patch = out[y0:y1, x0:x1]
+        patch[grown] = np.clip((patch[grown] - level) / (1.0 - level), 0.0, 1.0)
+    return out
+
+
 def _ink_on_sheet(ink: np.ndarray, sheet: np.ndarray) -> bool:
     """Whether the writing lies on the sheet: a desk holds none, but the shaded side of a
     hard shadow (which looks like a desk beside a sheet) does. The largest piece of ink
@@ -855,6 +920,8 @@ def locate(gray: np.ndarray) -> Located:
         # Only what is on the sheet, away from its edge (where paper meets desk in a line).
         margin = _disk(max(1, round(0.015 * min(sh, sw))))
         ink_small *= cv2.erode(sheet.astype(np.uint8), margin, borderType=cv2.BORDER_REPLICATE)
+    if levels.dark_ink and f > 1:
+        ink_small = _lift_shade(ink_small)
     weak = ink_small > WEAK_INK
     if f > 1:  # a tight crop (an MNIST digit) has no ruled paper to remove
         weak, lines = _remove_lines(weak, ink_small > FAINT_INK, sheet)
