@@ -9,7 +9,7 @@ EXTRAS ?= dev,web,onnx,gradio,notebooks
 .PHONY: help venv train test lint format serve notebooks benchmarks benchmark-data fonts clean
 
 help:
-	@echo "make train       train the default model on the bundled MNIST (models/, reports/)"
+	@echo "make train       train the default model on the bundled MNIST and calibrate \"not sure\""
 	@echo "make test        lint and run the whole test suite"
 	@echo "make serve       start the web app on the shipped model (http://127.0.0.1:5000)"
 	@echo "make lint        ruff check + ruff format --check"
@@ -29,8 +29,11 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# Training writes a model without "unsure" thresholds; calibration measures them for it
+# (on validation renders and non-digits, never the test set) and adds them to its JSON.
 train: venv
 	$(BIN)/mnist-cnn train
+	$(BIN)/python tools/calibrate_unsure.py
 
 test: venv lint
 	$(BIN)/python -m pytest

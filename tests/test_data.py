@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mnist_cnn import data
 
@@ -221,3 +222,16 @@ def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Pat
         raise RuntimeError("crash while writing")
     assert target.read_bytes() == b"{}"  # the old content survives a failed write
     assert [p.name for p in target.parent.iterdir()] == ["report.json"]  # no temp file left
+
+
+def test_random_strokes_vary_weight_and_edges_but_keep_the_digit(train_split) -> None:
+    x = train_split.images[:256].float().div(255).unsqueeze(1)
+    out = data.random_strokes(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(out.amax((1, 2, 3)), torch.ones(256))  # cores saturated
+    ratio = (out > 0.5).sum((1, 2, 3)).float() / (x > 0.5).sum((1, 2, 3)).float()
+    assert (ratio > 1.15).any() and (ratio < 0.85).any()  # some thicker, some thinner
+    assert ((ratio > 0.2) & (ratio < 3.0)).all()  # none lost or smeared
+    near = F.max_pool2d(x, 9, 1, 4) > 0  # a low resolution blurs by a few pixels at most
+    assert ((out > 0.1) <= near).all()  # ink stays where it was
+    torch.testing.assert_close(out, data.random_strokes(x, torch.Generator().manual_seed(0)))

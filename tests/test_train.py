@@ -53,6 +53,23 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     assert loaded.architecture == "FastCNN"
 
 
+def test_outlier_exposure_teaches_none_of_the_ten(tmp_path: Path, train_split) -> None:
+    from mnist_cnn.outliers import outlier_bank
+
+    # The same short run with and without Outlier Exposure: non-digits it never saw (other
+    # seeds) get a much lower top probability, and digits are still read.
+    unseen = outlier_bank(300, train_split.images[-2000:].numpy(), seed=99)
+    x = (torch.from_numpy(unseen).float().div(255).unsqueeze(1) - 0.1307) / 0.3081
+    confidence = {}
+    for weight in (0.0, 0.5):
+        result = train(small_config(tmp_path / str(weight), outlier_weight=weight))
+        assert result.test_accuracy is not None and result.test_accuracy > 0.9
+        result.model.eval()
+        with torch.no_grad():
+            confidence[weight] = float(torch.softmax(result.model(x), 1).max(1).values.mean())
+    assert confidence[0.5] < confidence[0.0] - 0.2
+
+
 def test_seed_cnn_trains_too(tmp_path: Path) -> None:
     config = small_config(tmp_path, architecture="MNISTCNN", batch_size=32, lr=2e-3)
     result = train(config)
@@ -69,8 +86,16 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
-    # augmentation and dropout both draw random numbers: resumption must restore them all
-    settings = {"architecture": "MNISTCNN", "augment": True, "epochs": 2, "train_subset": 1500}
+    # augmentation, Outlier Exposure's draws and dropout all take random numbers:
+    # resumption must restore them all
+    settings = {
+        "architecture": "MNISTCNN",
+        "augment": True,
+        "strokes": True,
+        "outlier_weight": 0.5,
+        "epochs": 2,
+        "train_subset": 1500,
+    }
     whole = train(small_config(tmp_path / "whole", **settings))
 
     def interrupt_after_first_epoch(model: torch.nn.Module, record: dict) -> None:
@@ -111,6 +136,8 @@ def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
         ({"schedule": "cosine-ish"}, "unknown schedule"),
         ({"translate": 0.5}, r"translate must be in \[0, 0.5\), got 0.5"),
         ({"translate": -0.1}, "translate must be"),
+        ({"outlier_weight": -1.0}, "outlier weight must be 0 or more"),
+        ({"outlier_weight": float("nan")}, "outlier weight"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, overrides: dict, message: str) -> None:

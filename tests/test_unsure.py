@@ -80,7 +80,7 @@ def test_no_entry_is_never_unsure() -> None:
         {"thresholds": {"min_margin": 0.2}},  # no version
         {"format_version": 99, "thresholds": {}},
         {"format_version": 1},
-        {"format_version": 1, "thresholds": {"min_confidence": 0.5}},
+        {"format_version": 1, "thresholds": {"max_entropy": 0.5}},  # unknown rule
         {"format_version": 1, "thresholds": {"min_margin": math.nan}},
         {"format_version": 1, "thresholds": {"min_margin": "0.2"}},
         {"format_version": 1, "thresholds": {"max_holes": 2.5}},
@@ -120,10 +120,21 @@ def test_low_largest_logit_is_not_a_digit() -> None:
     assert weak is not None and weak.code == NOT_A_DIGIT
 
 
+def test_low_top_probability_is_not_a_digit() -> None:
+    # Outlier Exposure teaches "all ten equally likely" for non-digits.
+    policy = UnsurePolicy(min_confidence=0.6)
+    sure, spread = assess(one_hot_logits({2: 9.0}, {2: 1.0, 3: 0.8, 5: 0.9}), None, policy)
+    assert sure is None
+    assert spread is not None and spread.code == NOT_A_DIGIT
+
+
 def test_logit_scores() -> None:
-    margin, max_logit, top2 = logit_scores(one_hot_logits({4: 2.0, 9: 2.0}, {1: 50.0}))
+    logits = one_hot_logits({4: 2.0, 9: 2.0}, {1: 50.0})
+    margin, max_logit, confidence, top2 = logit_scores(logits)
     np.testing.assert_allclose(margin, [0.0, 1.0], atol=1e-9)
     np.testing.assert_allclose(max_logit, [2.0, 50.0])
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()  # the reference: softmax by hand
+    np.testing.assert_allclose(confidence, [p.max(), 1.0], atol=1e-9)
     assert set(top2[0]) == {4, 9} and top2[1, 0] == 1
 
 
@@ -253,6 +264,7 @@ def test_tool_rules_agree_with_assess(tool, test_split) -> None:
         policy = UnsurePolicy(
             min_margin=tool.MARGINS[rng.integers(len(tool.MARGINS))],
             min_max_logit=float(rng.uniform(0, 6)) if rng.random() < 0.7 else None,
+            min_confidence=float(rng.uniform(0.2, 1)) if rng.random() < 0.5 else None,
             max_aspect=tool.ASPECTS[rng.integers(len(tool.ASPECTS))],
             max_holes=None if holes is None else holes[0],
             min_hole_area=1 if holes is None else holes[1],

@@ -310,6 +310,22 @@ TRAINING_DOWNLOAD = """
 """
 
 
+TRAINING_INSTALL = """
+    import importlib
+    import subprocess
+    import sys
+
+    try:
+        # Training draws its non-digits (Outlier Exposure) with OpenCV, the image front end's
+        # library; Kaggle's images ship it. Elsewhere it is one pip install (Internet on).
+        import cv2  # noqa: F401
+    except ImportError:
+        pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "opencv-python-headless"], check=True)
+        importlib.invalidate_caches()
+"""
+
+
 def training_notebook() -> NotebookNode:
     """notebooks/mnist_training.ipynb: train on a GPU when there is one, save, download."""
     imports = """
@@ -321,6 +337,7 @@ def training_notebook() -> NotebookNode:
     cells = [
         _markdown(TRAINING_INTRO),
         _parameters(TRAINING_PARAMETERS),
+        _code(TRAINING_INSTALL),
         *package_cells(["train", "plots", "evaluate", "checkpoint", "data", "model"]),
         _code(IMPORT_PACKAGE.format(imports=_text(imports))),
         _markdown("""

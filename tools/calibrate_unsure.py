@@ -18,8 +18,10 @@ By default the budget counts every digit, as the benchmark's target does; with
 wrong is no loss, and a kind the preprocessing still fails on then does not loosen every
 threshold). The table shows both rates.
 
-Rendering takes most of the time: ``--cache FILE.npz`` keeps the scored sets, so that
-another budget is tried in seconds (the file is rebuilt when the model or the sizes differ).
+Rendering takes most of the time: ``--cache FILE.npz`` keeps the prepared 28x28 inputs,
+so that another budget, or another model, is tried in seconds (the logits are recomputed
+for the model given; the file is rebuilt when the preprocessing, the renderers or the
+sizes differ).
 
 The thresholds go into the "unsure" entry of the model's JSON metadata (written
 atomically), where ``LoadedModel.metadata["unsure"]`` and ``UnsurePolicy.from_metadata``
@@ -60,6 +62,7 @@ import renders  # noqa: E402  (benchmarks/ is not a package)
 # The search space. Which of these values (or "off") each rule gets is what the data decide;
 # the lowest-logit threshold is then set as high as the budget left over allows.
 MARGINS = (None, 0.05, 0.1, 0.2, 0.3, 0.5)
+CONFIDENCES = (None, 0.2, 0.3, 0.4, 0.5, 0.6)  # with the largest-logit rule bisected
 ASPECTS = (None, 1.2, 1.3, 1.4, 1.5, 1.7, 2.0)
 HOLES = (None, (2, 1), (2, 2), (2, 3), (3, 1), (3, 2))  # (max_holes, min_hole_area)
 MARKS = (None, 1)
@@ -187,15 +190,15 @@ def build(
     return out, missing
 
 
-def cache_key(model: Path, config: CalibrateConfig) -> dict[str, object]:
-    """What the scored sets depend on: a cache made with other values (another model,
-    changed preprocessing or renderers) is rebuilt."""
+def cache_key(config: CalibrateConfig) -> dict[str, object]:
+    """What the prepared inputs depend on: a cache made with other values (changed
+    preprocessing or renderers, other sizes) is rebuilt. The model is not part of it: its
+    logits are recomputed (``rescore``)."""
     code = hashlib.sha256()
     for name in CODE_FILES:
         path = REPO_ROOT / name
         code.update(path.read_bytes() if path.is_file() else b"")
     return {
-        "weights_sha256": file_sha256(model),
         "code_sha256": code.hexdigest(),
         "per_kind": config.per_kind,
         "per_set": config.per_set,
@@ -255,6 +258,19 @@ def load_cache(path: Path, key: dict[str, object]) -> tuple[list[Scored], list[s
     return scored, header["missing"]
 
 
+def rescore(predictor: Predictor, scored: list[Scored]) -> list[Scored]:
+    """The same prepared inputs with ``predictor``'s logits."""
+    out = []
+    for s in scored:
+        logits = (
+            predictor.logits(normalise(s.inputs, predictor.mean, predictor.std)).numpy()
+            if len(s.inputs)
+            else np.zeros((0, 10), np.float32)
+        )
+        out.append(replace(s, logits=logits.astype(np.float64)))
+    return out
+
+
 # --------------------------------------------------------------------------- choosing
 
 
@@ -264,6 +280,7 @@ class Features:
 
     margin: np.ndarray
     max_logit: np.ndarray
+    confidence: np.ndarray
     aspect: np.ndarray
     holes: dict[int, np.ndarray]  # min_hole_area -> loops
     marks: np.ndarray
@@ -272,19 +289,26 @@ class Features:
 
 def features(s: Scored) -> Features:
     """The rules' inputs for one scored set."""
-    margin, max_logit, top2 = unsure.logit_scores(s.logits.reshape(-1, 10))
+    margin, max_logit, confidence, top2 = unsure.logit_scores(s.logits.reshape(-1, 10))
     areas = sorted({h[1] for h in HOLES if h is not None})
     geometry = {a: unsure.input_geometry(s.inputs, a) for a in areas}
     aspect = geometry[areas[0]][0] if geometry else np.ones(len(margin))
     correct = (top2[:, 0] == s.labels) if s.labels is not None else None
     return Features(
-        margin, max_logit, aspect, {a: g[1] for a, g in geometry.items()}, s.marks, correct
+        margin,
+        max_logit,
+        confidence,
+        aspect,
+        {a: g[1] for a, g in geometry.items()},
+        s.marks,
+        correct,
     )
 
 
-def flags_without_logit(f: Features, policy: UnsurePolicy) -> np.ndarray:
-    """Which images the policy flags by every rule except the lowest-logit one (vectorised
-    ``unsure.assess``: the tests check that the two agree)."""
+def flags_without_scores(f: Features, policy: UnsurePolicy) -> np.ndarray:
+    """Which images the policy flags by every rule except the lowest-logit and the
+    lowest-probability ones (vectorised ``unsure.assess``: the tests check that the two
+    agree)."""
     flagged = np.zeros(len(f.margin), dtype=bool)
     if policy.min_margin is not None:
         flagged |= f.margin < policy.min_margin
@@ -299,9 +323,11 @@ def flags_without_logit(f: Features, policy: UnsurePolicy) -> np.ndarray:
 
 def flags(f: Features, policy: UnsurePolicy) -> np.ndarray:
     """Which images ``policy`` answers "unsure"."""
-    flagged = flags_without_logit(f, policy)
+    flagged = flags_without_scores(f, policy)
     if policy.min_max_logit is not None:
         flagged |= f.max_logit < policy.min_max_logit
+    if policy.min_confidence is not None:
+        flagged |= f.confidence < policy.min_confidence
     return flagged
 
 
@@ -329,16 +355,23 @@ def choose(
     feats = [features(s) for s in scored]
     digit_feats = [f for s, f in zip(scored, feats, strict=True) if s.digits]
     targets = [(s, f) for s, f in zip(scored, feats, strict=True) if not s.digits and s.counted]
-    logit_values = np.unique(np.concatenate([f.max_logit for f in digit_feats]))
+    # The two score rules (largest logit, top probability) can work together: the search
+    # bisects one over the digits' own values with the other on the grid (or off).
+    score_values = {
+        "min_max_logit": np.unique(np.concatenate([f.max_logit for f in digit_feats])),
+        "min_confidence": np.unique(np.concatenate([f.confidence for f in digit_feats])),
+    }
 
     def fits(policy: UnsurePolicy) -> bool:
         rates = digit_rates(digit_feats, policy, basis)
         return rates.mean() <= budget and rates.max() <= kind_cap
 
     best: tuple[float, UnsurePolicy] | None = None
-    for margin, aspect, holes, marks in itertools.product(MARGINS, ASPECTS, HOLES, MARKS):
+    grid = itertools.product(MARGINS, CONFIDENCES, ASPECTS, HOLES, MARKS)
+    for margin, confidence, aspect, holes, marks in grid:
         policy = UnsurePolicy(
             min_margin=margin,
+            min_confidence=confidence,
             max_aspect=aspect,
             max_holes=None if holes is None else holes[0],
             min_hole_area=1 if holes is None else holes[1],
@@ -346,21 +379,22 @@ def choose(
         )
         if not fits(policy):
             continue
-        # The lowest-logit rule takes what is left of the budget: the largest threshold
-        # that still fits (flag rates only grow with it), by bisection over the digits'
-        # own values.
-        lo, hi = -1, len(logit_values) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(replace(policy, min_max_logit=float(logit_values[mid]))):
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo >= 0:
-            policy = replace(policy, min_max_logit=float(logit_values[lo]))
-        catch = float(np.mean([catch_rate(s, f, policy) for s, f in targets]))
-        if best is None or catch > best[0] + 1e-12:
-            best = (catch, policy)
+        for score, values in score_values.items():
+            if score == "min_confidence" and confidence is not None:
+                continue  # tried as the grid's value
+            # The score rule takes what is left of the budget: the largest threshold that
+            # still fits (flag rates only grow with it), by bisection.
+            lo, hi = -1, len(values) - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(replace(policy, **{score: float(values[mid])})):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            candidate = replace(policy, **{score: float(values[lo])}) if lo >= 0 else policy
+            catch = float(np.mean([catch_rate(s, f, candidate) for s, f in targets]))
+            if best is None or catch > best[0] + 1e-12:
+                best = (catch, candidate)
     if best is None:
         raise SystemExit(
             "no policy keeps the digits within the budget, not even with every rule off"
@@ -516,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    key = cache_key(model, config)
+    key = cache_key(config)
     cached = load_cache(Path(config.cache), key) if config.cache else None
     if cached is None:
         log(f"rendering and scoring the calibration sets for {model} ...")
@@ -524,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         if config.cache:
             save_cache(Path(config.cache), key, scored, missing)
     else:
-        log(f"scored sets from {config.cache}")
+        log(f"prepared inputs from {config.cache}")
         scored, missing = cached
+        scored = rescore(predictor, scored)
     policy, feats = choose(scored, config.budget, config.kind_cap, config.basis)
     table, summary = report(scored, feats, policy)
     print(

@@ -34,9 +34,12 @@ TRAIN_HELP = {
     "augment": "random small rotations, scalings and shifts of training images",
     "translate": "largest augmentation shift, as a fraction of the image size",
     "label_smoothing": "cross-entropy label smoothing",
+    "strokes": "augmentation also varies stroke weight and edge sharpness",
     "channels_last": "channels-last memory format (faster convolutions on CPU)",
     "val_size": "validation images held out (stratified) from the training set",
     "train_subset": "train on only this many images (0: all)",
+    "outlier_weight": "Outlier Exposure: weight of the 'none of the ten' loss on drawn "
+    "non-digits (0: off)",
     "seed": "random seed: initialisation, split, shuffling, augmentation, dropout",
     "threads": "torch CPU threads (0: one per core)",
     "device": "auto (cuda, then mps, then cpu), cpu, cuda or mps",

@@ -45,7 +45,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     augment: bool = True
     translate: float = data.MAX_TRANSLATE  # largest augmentation shift, fraction of the image
+    strokes: bool = True  # also vary stroke weight and edge sharpness (data.random_strokes)
     label_smoothing: float = 0.0
+    # Outlier Exposure: weight of the loss that teaches "none of the ten" on drawn
+    # non-digits (mnist_cnn.outliers); 0 turns it off.
+    outlier_weight: float = 0.5
     channels_last: bool = True
     val_size: int = 5000
     train_subset: int = 0  # train on this many images only (0: all); for quick runs and tests
@@ -73,7 +77,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "schedule": "constant",
         "augment": False,
+        "strokes": False,
         "channels_last": False,
+        "outlier_weight": 0.0,
     },
     # >= 99% in well under 30 s on 2 CPU cores: a smaller batch-norm network, high peak LR.
     "fast": {
@@ -82,6 +88,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 128,
         "lr": 1e-2,
         "augment": False,
+        "strokes": False,
+        "outlier_weight": 0.0,
     },
 }
 
@@ -186,6 +194,19 @@ def _load_resume_state(config: TrainConfig) -> dict[str, Any]:
     return state
 
 
+# Outlier Exposure: a bank of drawn non-digits, made once per run from the seed, and how
+# many of them join each batch of digits. A quarter batch keeps the extra cost near 25%;
+# the bank is large enough that each outlier is seen a few times per run, augmented anew.
+OUTLIER_BANK = 12_000
+OUTLIER_SHARE = 4  # one outlier per this many digits in a batch
+
+
+def uniform_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy to the uniform distribution over the classes, minus its minimum
+    (log C), so that it is 0 when the network answers "all equally likely"."""
+    return -F.log_softmax(logits, dim=1).mean(dim=1).mean() - math.log(logits.shape[1])
+
+
 def _split_data(config: TrainConfig) -> tuple[data.Split, data.Split]:
     full = data.load_split("train", config.data_dir)
     train_idx, val_idx = data.stratified_split(full.labels, config.val_size, config.seed)
@@ -217,6 +238,8 @@ def train(
         raise TrainingError(f"translate must be in [0, 0.5), got {config.translate}")
     if config.schedule not in ("onecycle", "constant"):
         raise TrainingError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
+    if not (math.isfinite(config.outlier_weight) and config.outlier_weight >= 0):
+        raise TrainingError(f"outlier weight must be 0 or more, got {config.outlier_weight}")
     if config.threads:
         torch.set_num_threads(config.threads)
     keep_freed_memory()
@@ -225,6 +248,15 @@ def train(
 
     train_set, val_set = _split_data(config)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    outliers: torch.Tensor | None = None
+    if config.outlier_weight > 0:
+        from mnist_cnn.outliers import outlier_bank  # OpenCV, needed only here
+
+        # Pairs are made of training digits only: validation and test digits stay unseen.
+        count = min(OUTLIER_BANK, len(train_set))  # quick runs on a subset: a smaller bank
+        bank = outlier_bank(count, train_set.images.numpy(), seed=config.seed)
+        outliers = torch.from_numpy(bank).float().div_(255.0).unsqueeze_(1)
+        n_out = max(1, config.batch_size // OUTLIER_SHARE)
 
     torch.manual_seed(config.seed)  # weight init and dropout
     gen = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
@@ -273,17 +305,29 @@ def train(
                 generator=gen,
                 augment=config.augment,
                 max_translate=config.translate,
+                strokes=config.strokes,
             ):
-                x = x.to(device, memory_format=memory_format)
                 y = y.to(device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                if outliers is not None:
+                    pick = torch.randint(len(outliers), (n_out,), generator=gen)
+                    xo = data.random_affine(outliers[pick], gen)
+                    x = torch.cat([x, (xo - MNIST_MEAN) / MNIST_STD])
+                x = x.to(device, memory_format=memory_format)
+                # One forward pass over digits and outliers: batch statistics (FastCNN's
+                # batch norm) and the cost per image stay those of one batch.
+                out = model(x)
+                logits = out[: len(y)]
+                digit_loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                loss = digit_loss
+                if outliers is not None:
+                    loss = loss + config.outlier_weight * uniform_loss(out[len(y) :])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 # Accumulate on-device; a .item() per step would stall a GPU.
-                loss_sum += loss.detach().double().cpu() * len(y)
+                # The digits' loss only: comparable with validation and with runs without OE.
+                loss_sum += digit_loss.detach().double().cpu() * len(y)
                 correct += (logits.argmax(1) == y).sum().cpu()
                 seen += len(y)
                 bar.update()

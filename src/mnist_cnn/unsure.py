@@ -10,8 +10,11 @@ preprocessing made (the uint8 28x28 input, and how many separate marks it found)
   at most; two digits side by side are about twice as wide).
 - ``not_a_digit``: the ink encloses more loops than any digit has (an 8 has two; a loop is
   a background region of at least ``min_hole_area`` pixels, so that the pinholes where
-  thick strokes meet do not count), or the largest logit is low: the network found none
-  of the ten digits' patterns strongly.
+  thick strokes meet do not count), or the largest logit is low (the network found none
+  of the ten digits' patterns strongly), or the top probability is low. A model trained
+  with Outlier Exposure (``mnist_cnn.outliers``) spreads its probability over all ten
+  classes for things that are not digits, so that for it the top probability is the
+  sharpest of these signals.
 - ``ambiguous``: the two most likely digits are close in probability.
 
 Each rule has one threshold, or ``None`` (the rule is off). The thresholds depend on the
@@ -71,6 +74,8 @@ class UnsurePolicy:
     min_margin: float | None = None
     # not_a_digit when the largest logit is below this
     min_max_logit: float | None = None
+    # not_a_digit when the top-1 softmax probability is below this
+    min_confidence: float | None = None
     # not_a_digit when the ink encloses more loops (of min_hole_area pixels or more) than this
     max_holes: int | None = None
     min_hole_area: int = 1
@@ -80,7 +85,7 @@ class UnsurePolicy:
     max_marks: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_margin", "min_max_logit", "max_aspect"):
+        for name in ("min_margin", "min_max_logit", "min_confidence", "max_aspect"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool)
@@ -100,7 +105,14 @@ class UnsurePolicy:
         """True when at least one rule is on."""
         return any(
             getattr(self, name) is not None
-            for name in ("min_margin", "min_max_logit", "max_holes", "max_aspect", "max_marks")
+            for name in (
+                "min_margin",
+                "min_max_logit",
+                "min_confidence",
+                "max_holes",
+                "max_aspect",
+                "max_marks",
+            )
         )
 
     @property
@@ -159,9 +171,12 @@ def input_geometry(inputs: np.ndarray, min_hole_area: int = 1) -> tuple[np.ndarr
     return aspect, holes
 
 
-def logit_scores(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(margin, max_logit, top2) of logits (N, 10): the top-1 minus top-2 softmax
-    probability, the largest logit, and the two most likely classes (N, 2)."""
+def logit_scores(
+    logits: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(margin, max_logit, confidence, top2) of logits (N, 10): the top-1 minus top-2
+    softmax probability, the largest logit, the top-1 probability, and the two most likely
+    classes (N, 2)."""
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2 or z.shape[1] < 2:
         raise ValueError(f"expected logits of shape (N, C) with C >= 2, got {z.shape}")
@@ -170,7 +185,7 @@ def logit_scores(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     top2 = np.argsort(-p, axis=1, kind="stable")[:, :2]
     rows = np.arange(len(z))
     margin = p[rows, top2[:, 0]] - p[rows, top2[:, 1]]
-    return margin, z.max(axis=1), top2
+    return margin, z.max(axis=1), p[rows, top2[:, 0]], top2
 
 
 def assess(
@@ -189,7 +204,7 @@ def assess(
     """
     if hasattr(logits, "detach"):  # a torch tensor; this module does not import torch
         logits = logits.detach().cpu().numpy()
-    margin, max_logit, top2 = logit_scores(logits)
+    margin, max_logit, confidence, top2 = logit_scores(logits)
     n = len(margin)
     aspect = holes = None
     if policy.needs_inputs:
@@ -213,8 +228,10 @@ def assess(
                     "write a single digit.",
                 )
             )
-        elif (policy.max_holes is not None and holes[i] > policy.max_holes) or (
-            policy.min_max_logit is not None and max_logit[i] < policy.min_max_logit
+        elif (
+            (policy.max_holes is not None and holes[i] > policy.max_holes)
+            or (policy.min_max_logit is not None and max_logit[i] < policy.min_max_logit)
+            or (policy.min_confidence is not None and confidence[i] < policy.min_confidence)
         ):
             out.append(Unsure(NOT_A_DIGIT, "This does not look like a digit."))
         elif policy.min_margin is not None and margin[i] < policy.min_margin:
