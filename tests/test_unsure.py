@@ -300,6 +300,29 @@ def test_tool_choice_keeps_the_budget_and_catches_what_it_can(tool) -> None:
     assert tool.catch_rate(sets[1], feats[1], policy) > 0.9
 
 
+def test_tool_cap_spares_only_the_digits_read_right(tool) -> None:
+    # A kind the model reads badly: a tenth of it is misread, with weak logits, as weak as
+    # the non-digits'. Flagging those is what "not sure" is for, so the 5% cap, which
+    # counts the digits read right, does not stop the threshold below them.
+    n = 400
+    good = one_hot_logits(*[{int(c): 12.0} for c in np.arange(n) % 10])
+    labels = good.argmax(1)
+    bad_kind = good.copy()
+    misread = [{(int(c) + 1) % 10: 3.0} for c in labels[: n // 10]]  # weak and wrong
+    bad_kind[: n // 10] = one_hot_logits(*misread)
+    inputs = np.repeat(draw([("line", (14, 4, 14, 23))])[None], n, axis=0)
+    weak = one_hot_logits(*[{3: 3.0}] * n)
+    sets = [
+        scored_set(tool, "easy", good, inputs, np.ones(n), labels, True),
+        scored_set(tool, "hard", bad_kind, inputs, np.ones(n), labels, True),
+        scored_set(tool, "not digits", weak, inputs, np.ones(n), None, False),
+    ]
+    policy, feats = tool.choose(sets, budget=0.06, kind_cap=0.05)
+    assert tool.catch_rate(sets[2], feats[2], policy) == 1.0
+    assert tool.digit_rates([feats[1]], policy, "all")[0] == pytest.approx(0.1)  # over 5%
+    assert tool.digit_rates([feats[1]], policy, "right")[0] == 0.0
+
+
 def test_tool_writes_only_its_entry(tool, tmp_path: Path) -> None:
     weights = tmp_path / "m.pth"
     meta = tmp_path / "m.json"

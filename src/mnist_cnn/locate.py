@@ -505,21 +505,26 @@ def _lift_shade(ink: np.ndarray) -> np.ndarray:
     own level is subtracted inside it, which keeps the strokes that cross it (darker
     still) and clears the rest.
     """
+    weak_full = (ink > WEAK_INK).view(np.uint8)
+    # Everything happens within the ink's bounding rectangle (most photos: the digit's).
+    rows, cols = _crop_box(weak_full, margin=2)
+    sub, weak = ink[rows, cols], weak_full[rows, cols]
     # The width of the writing: its strong ink, with the gaps between the specks of
     # grainy pencil closed (measured on the specks alone, whole pencil strokes would pass
     # for areas; measured on all the ink, a band of shade would widen the strokes).
-    strong = cv2.morphologyEx((ink > STRONG_INK).view(np.uint8), cv2.MORPH_CLOSE, _disk(1))
+    strong = cv2.morphologyEx((sub > STRONG_INK).view(np.uint8), cv2.MORPH_CLOSE, _disk(1))
     width = _stroke_width(_largest_inner(strong.view(bool))) if strong.any() else 0.0
     if not 0 < width < math.inf:
         return ink
-    weak = (ink > WEAK_INK).view(np.uint8)
     areas = cv2.morphologyEx(weak, cv2.MORPH_OPEN, _disk(max(1, math.ceil(SHADE_RADIUS * width))))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(areas, connectivity=8)
+    if n < 2:
+        return ink
     shade = []
     for i in range(1, n):
         x, y, w, h, area = stats[i]
         region = labels[y : y + h, x : x + w] == i
-        values = ink[y : y + h, x : x + w][region]
+        values = sub[y : y + h, x : x + w][region]
         level = _median(values)
         if level >= SHADE_LEVEL:
             if area > (3 * width) ** 2:
@@ -528,29 +533,35 @@ def _lift_shade(ink: np.ndarray) -> np.ndarray:
                 # lighter than that area may well be the digit. Leave it all as it is.
                 return ink
             continue  # a filled part of the writing (where a marker's strokes meet)
-        at_edge = x == 0 or y == 0 or x + w == ink.shape[1] or y + h == ink.shape[0]
+        at_edge = (
+            x + cols.start == 0
+            or y + rows.start == 0
+            or x + cols.start + w == ink.shape[1]
+            or y + rows.start + h == ink.shape[0]
+        )
         if at_edge and area < (4 * width) ** 2:
             # A strip along the frame (a desk's edge, the rim of a shadow) is dropped
             # later as cut by the edge; lifted, what remains of it would not touch the
             # edge any more. Bands that cross the frame are far larger.
             continue
-        shade.append((i, level, values))
-    out = ink
-    for i, level, values in shade:
-        x, y, w, h, _ = stats[i]
-        region = labels[y : y + h, x : x + w] == i
         q1, q3 = np.percentile(values, (25, 75))
         if q3 - q1 > SHADE_SPREAD * level:
             continue  # not flat: a blurred stroke's slopes (a low-resolution scan)
-        if out is ink:
-            out = ink.copy()
+        shade.append((i, level))
+    if not shade:
+        return ink
+    out = ink.copy()
+    lifted = out[rows, cols]
+    for i, level in shade:
+        x, y, w, h, _ = stats[i]
+        region = labels[y : y + h, x : x + w] == i
         # The shade's soft edge belongs to it too.
         pad = max(2, math.ceil(width))
         y0, y1, x0, x1 = max(0, y - pad), y + h + pad, max(0, x - pad), x + w + pad
-        grown = np.zeros_like(out[y0:y1, x0:x1], dtype=np.uint8)
+        grown = np.zeros_like(lifted[y0:y1, x0:x1], dtype=np.uint8)
         grown[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = region
         grown = cv2.dilate(grown, _disk(pad)).astype(bool)
-        patch = out[y0:y1, x0:x1]
+        patch = lifted[y0:y1, x0:x1]
         patch[grown] = np.clip((patch[grown] - level) / (1.0 - level), 0.0, 1.0)
     return out
 

@@ -49,7 +49,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # Outlier Exposure: weight of the loss that teaches "none of the ten" on drawn
     # non-digits (mnist_cnn.outliers); 0 turns it off.
-    outlier_weight: float = 0.5
+    outlier_weight: float = 0.25
     channels_last: bool = True
     val_size: int = 5000
     train_subset: int = 0  # train on this many images only (0: all); for quick runs and tests
