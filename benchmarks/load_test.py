@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     what = "every page once, end of run" if exact else "peak PSS, all processes"
     print(
-        f"| server memory ({what}) | {memory:.0f} MB | "
+        f"| server memory ({what}) | {memory:.1f} MB | "
         f"< {TARGET_MEMORY_MB:.0f} MB | {mark[checks['memory']]} |"
     )
     if exact:
