@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         type=Path,
         default=None,
-        help="weights file (default: the shipped models/mnist_cnn_model.pth)",
+        help="weights file or run directory (default: ./models/mnist_cnn_model.pth when it exists, "
+        "else the model shipped with the package)",
     )
     parser.add_argument(
         "--debug",

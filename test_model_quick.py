@@ -2,7 +2,7 @@
 of MNIST test digits (as they are, and printed on paper then photographed as a JPEG, through
 the full preprocessing), print the results.
 
-    python test_model_quick.py [--model models/mnist_cnn_model.pth] [--count 10]
+    python test_model_quick.py [--model src/mnist_cnn/shipped/mnist_cnn_model.pth] [--count 10]
 
 Exits 1 when the model cannot be loaded or gets more than one in ten wrong.
 """
@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from mnist_cnn import data
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
+from mnist_cnn.checkpoint import CheckpointError
+from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor
 
 

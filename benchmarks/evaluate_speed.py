@@ -16,8 +16,9 @@ import time
 import torch
 
 from mnist_cnn import data
-from mnist_cnn.checkpoint import SHIPPED_MODEL, load_model
+from mnist_cnn.checkpoint import load_model
 from mnist_cnn.evaluate import evaluate
+from mnist_cnn.paths import SHIPPED_MODEL
 
 
 def measure(model_path: str, data_dir: str, threads: int, repeats: int) -> dict[str, float]:

@@ -29,7 +29,7 @@ import torch
 from renders import big_phone_photo, photo  # the renderers of the accuracy benchmark
 
 from mnist_cnn import data
-from mnist_cnn.checkpoint import SHIPPED_MODEL
+from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor
 from mnist_cnn.preprocess import WORK_SIDE, load_image, to_mnist
 

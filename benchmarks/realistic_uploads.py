@@ -64,7 +64,7 @@ import renders
 from PIL import Image, ImageFont
 
 import mnist_cnn
-from mnist_cnn.checkpoint import SHIPPED_MODEL
+from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor
 from mnist_cnn.preprocess import ImageError
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import data
+from mnist_cnn import data, paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data" / "mnist"
-SHIPPED_MODEL = REPO_ROOT / "models" / "mnist_cnn_model.pth"
+SHIPPED_MODEL = paths.SHIPPED_MODEL
 
 
 @pytest.fixture(scope="session")

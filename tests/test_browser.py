@@ -391,6 +391,14 @@ ANSWER_IN_VIEW = """() => {
 }"""
 
 
+# The page answers while a stroke is drawn, so a "7" can be on screen (as "Not sure") before
+# the answer to the finished drawing arrives: wait for that one, a sure answer.
+SURE_ANSWER = """() => ["strip-main", "confidence"].some((id) => {
+    const el = document.getElementById(id);
+    return el !== null && el.textContent.trim().endsWith("% sure");
+})"""
+
+
 def in_view(page: object, selector: str) -> bool:
     """Whether the element is entirely inside the viewport, as it is now."""
     box = page.locator(selector).bounding_box()
@@ -428,6 +436,7 @@ def test_a_finger_draws_on_a_phone_and_sees_the_answer_without_scrolling(
     finger.up()
     expect(page.locator("#digit")).to_have_text("7")
     expect(page.locator("#strip-digit")).to_have_text("7")
+    page.wait_for_function(SURE_ANSWER, timeout=10_000)
     answer = page.evaluate(ANSWER_IN_VIEW)
     assert "7" in answer["digits"], f"the answer is off screen: {answer}"
     assert any(w.endswith("% sure") for w in answer["words"]), answer
@@ -454,6 +463,7 @@ def test_pad_buttons_and_answer_fit_every_common_screen(
     else:
         draw(page, SEVEN)
     expect(page.locator("#digit")).to_have_text("7")
+    page.wait_for_function(SURE_ANSWER, timeout=10_000)
     answer = page.evaluate(ANSWER_IN_VIEW)
     assert "7" in answer["digits"], f"the digit is off screen at {size}: {answer}"
     assert any(w.endswith("% sure") for w in answer["words"]), answer

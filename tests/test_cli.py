@@ -71,7 +71,7 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 def test_evaluate_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli("evaluate", "--model", str(tmp_path / "nope.pth"))
     assert proc.returncode == 1
-    assert "nope.pth: checkpoint not found" in proc.stderr
+    assert "nope.pth: model file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from mnist_cnn import cli, gradio_app
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
+from mnist_cnn.checkpoint import CheckpointError
+from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Prediction, Predictor, Unsure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +233,7 @@ def test_gradio_command_errors_are_clear(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     assert cli.main(["gradio", "--model", str(tmp_path / "missing.pth")]) == cli.EXIT_FAILED
-    assert "missing.pth: checkpoint not found" in capsys.readouterr().err
+    assert "missing.pth: model file not found" in capsys.readouterr().err
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if the extra were not installed
     assert cli.main(["gradio"]) == cli.EXIT_FAILED

@@ -32,9 +32,10 @@ from nbclient import NotebookClient
 from PIL import Image
 
 from mnist_cnn import data
-from mnist_cnn.checkpoint import SHIPPED_MODEL, file_sha256, load_model, save_model
+from mnist_cnn.checkpoint import file_sha256, load_model, save_model
 from mnist_cnn.evaluate import evaluate, logits_of
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN
+from mnist_cnn.paths import SHIPPED_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"

@@ -12,8 +12,9 @@ import pytest
 import torch
 from _imaging import encode, font_digit, gray8, on_paper, seven
 
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, save_model
+from mnist_cnn.checkpoint import CheckpointError, save_model
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN, FastCNN
+from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Prediction, Predictor
 from mnist_cnn.preprocess import NoDigitError, UnsupportedImageError
 

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from mnist_cnn.checkpoint import SHIPPED_MODEL, file_sha256, load_model
+from mnist_cnn.checkpoint import file_sha256, load_model
 from mnist_cnn.data import Split, dataset_sha256
 from mnist_cnn.evaluate import evaluate
 from mnist_cnn.model import MNISTCNN
+from mnist_cnn.paths import SHIPPED_MODEL
 
 
 def test_shipped_model_is_a_plain_seed_state_dict() -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from mnist_cnn import paths
 from mnist_cnn.checkpoint import load_model
 from mnist_cnn.predict import Predictor
 from mnist_cnn.preprocess import normalise
@@ -30,7 +31,7 @@ from mnist_cnn.unsure import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = REPO_ROOT / "models" / "mnist_cnn_model.pth"
+SHIPPED_MODEL = paths.SHIPPED_MODEL
 
 
 def one_hot_logits(*rows: dict[int, float]) -> np.ndarray:

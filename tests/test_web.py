@@ -42,10 +42,11 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from mnist_cnn import web
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
+from mnist_cnn.checkpoint import CheckpointError
 from mnist_cnn.cli import main as cli_main
 from mnist_cnn.data import Split
 from mnist_cnn.model import MNISTCNN, count_parameters
+from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor, Unsure
 from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app
 

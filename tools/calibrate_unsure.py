@@ -29,7 +29,7 @@ The thresholds go into the "unsure" entry of the model's JSON metadata (written
 atomically), where ``LoadedModel.metadata["unsure"]`` and ``UnsurePolicy.from_metadata``
 find them. Retraining writes a new JSON without the entry: re-run this after training.
 
-    python tools/calibrate_unsure.py [--model models/mnist_cnn_model.pth] [--per-kind 200]
+    python tools/calibrate_unsure.py [--model FILE_OR_RUN_DIR] [--per-kind 200]
         [--per-set 200] [--budget 0.015] [--kind-cap 0.05] [--basis all] [--cache FILE]
         [--dry-run]
 
@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn import atomic, unsure
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, file_sha256, metadata_path
+from mnist_cnn import atomic, paths, unsure
+from mnist_cnn.checkpoint import CheckpointError, file_sha256, metadata_path
 from mnist_cnn.predict import Predictor
 from mnist_cnn.preprocess import ImageError, normalise
 from mnist_cnn.unsure import UnsurePolicy
@@ -82,7 +82,7 @@ CODE_FILES = (
 class CalibrateConfig:
     """Command-line settings (``--help`` shows the defaults)."""
 
-    model: str = str(SHIPPED_MODEL)
+    model: str | None = None  # default: paths.find_model (./models/, else the shipped one)
     per_kind: int = 200  # validation digits per kind of upload
     per_set: int = 200  # images per drawn / Fashion / two-digit calibration set
     budget: float = 0.015  # largest share of the digit images flagged, all kinds together
@@ -517,7 +517,12 @@ def parse_args(argv: list[str] | None) -> CalibrateConfig:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", default=defaults.model, help="weights file (.pth)")
+    parser.add_argument(
+        "--model",
+        default=defaults.model,
+        help="weights file (.pth) or run directory (default: ./models/mnist_cnn_model.pth "
+        "when it exists, else the model shipped with the package)",
+    )
     parser.add_argument(
         "--per-kind",
         type=int,
@@ -564,7 +569,11 @@ def parse_args(argv: list[str] | None) -> CalibrateConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    model = Path(config.model)
+    try:
+        model = paths.find_model(config.model).path
+    except paths.NotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         predictor = Predictor.from_checkpoint(model)
     except CheckpointError as exc:

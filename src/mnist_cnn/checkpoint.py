@@ -23,12 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist_cnn import atomic
+from mnist_cnn import atomic, paths
 from mnist_cnn.model import ARCHITECTURES, MNIST_MEAN, MNIST_STD, build_model
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# The model committed to the repository, trained by `mnist-cnn train` with default settings.
-SHIPPED_MODEL = REPO_ROOT / "models" / "mnist_cnn_model.pth"
 
 
 class CheckpointError(Exception):
@@ -69,8 +65,16 @@ def save_model(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> 
     atomic.write_json(metadata_path(path), {**metadata, "weights_sha256": file_sha256(path)})
 
 
+def resolve(path: str | Path | None) -> Path:
+    """``paths.find_model``, with its ``NotFoundError`` as a ``CheckpointError``."""
+    try:
+        return paths.find_model(path).path
+    except paths.NotFoundError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    fix = "Retrain with `mnist-cnn train` or restore the file with `git checkout -- models/`."
+    fix = "Train a model with `mnist-cnn train`, or give another with --model."
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found. {fix}")
     if path.stat().st_size == 0:
@@ -140,10 +144,12 @@ def _infer_architecture(state: dict[str, torch.Tensor]) -> str:
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load weights (and their JSON metadata, when present) into the right architecture.
 
-    ``path`` defaults to the shipped model. A plain seed-style state_dict without metadata
-    loads as ``MNISTCNN`` with the standard MNIST normalisation. Raises ``CheckpointError``.
+    ``path`` is a weights file or a run directory; without it, ``paths.find_model`` decides
+    (./models/, then the model shipped in the package). A plain seed-style state_dict
+    without metadata loads as ``MNISTCNN`` with the standard MNIST normalisation. Raises
+    ``CheckpointError``.
     """
-    path = Path(path) if path is not None else SHIPPED_MODEL
+    path = resolve(path)
     state = _read_state_dict(path)
     meta = _read_metadata(path)
     architecture = meta.get("architecture") or _infer_architecture(state)

@@ -141,7 +141,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "seed-format state_dict.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=d.model_path, help="weights file (.pth)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--data-dir", default=d.data_dir, help="directory with the MNIST IDX files")
     p.add_argument(
         "--report-dir", default=d.report_dir, help="where to write the report and figures"
@@ -159,8 +159,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    model, error = _find_model(args.model)
+    if model is None:
+        return _fail(error or "no model")
     try:
-        loaded = load_model(args.model)
+        loaded = load_model(model)
         test = data.load_split("test", args.data_dir)
     except (CheckpointError, data.DatasetError) as exc:
         return _fail(str(exc))
@@ -230,11 +233,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         default=d.threads,
         help="request threads per worker (2 suits slow requests: large photos)",
     )
-    p.add_argument(
-        "--model",
-        default=argparse.SUPPRESS,
-        help="weights file (.pth) (default: the shipped models/mnist_cnn_model.pth)",
-    )
+    p.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
     p.add_argument(
         "--backend",
         choices=("torch", "onnx"),
@@ -266,12 +265,15 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     if args.max_request_mb <= 0:
         return _fail("--max-request-mb must be positive")
+    model, error = _find_model(getattr(args, "model", None))
+    if model is None:
+        return _fail(error or "no model")
     config = ServeConfig(
         host=args.host,
         port=args.port,
         workers=args.workers,
         threads=args.threads,
-        model=Path(args.model) if getattr(args, "model", None) else None,
+        model=model,
         backend=args.backend,
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
     )
@@ -325,8 +327,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help="weights (.pth), or a .onnx file with --backend onnx "
-        "(default: the shipped models/mnist_cnn_model.pth)",
+        help=MODEL_HELP + "; or a .onnx file with --backend onnx",
     )
     p.add_argument(
         "--backend",
@@ -403,9 +404,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         return _fail("--batch-size must be at least 1")
+    model, error = _find_model(getattr(args, "model", None))
+    if model is None:
+        return _fail(error or "no model")
     try:
         predictor = Predictor.from_checkpoint(
-            getattr(args, "model", None),
+            model,
             backend=args.backend,
             threads=args.threads or None,
             max_pixels=args.max_pixels,
@@ -480,21 +484,30 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         "1e-4. Needs the onnx extra: pip install 'mnist-cnn[onnx]'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=TrainConfig.model_path, help="weights file (.pth)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
     p.add_argument(
-        "--output", default=None, help="where to write it (default: beside the weights, with .onnx)"
+        "--output",
+        default=None,
+        help="where to write it (default: beside the weights, with .onnx; for the shipped "
+        f"model, ./{TrainConfig.model_path[:-4]}.onnx)",
     )
     p.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
+    from mnist_cnn import paths
     from mnist_cnn.checkpoint import CheckpointError
     from mnist_cnn.export import ExportError, export_onnx
 
-    output = Path(args.output) if args.output else Path(args.model).with_suffix(".onnx")
+    model, error = _find_model(args.model)
+    if model is None:
+        return _fail(error or "no model")
+    # Never beside the shipped weights: they live inside the installed package.
+    beside = paths.LOCAL_MODEL if model == paths.SHIPPED_MODEL else model
+    output = Path(args.output) if args.output else beside.with_suffix(".onnx")
     try:
-        result = export_onnx(args.model, output)
+        result = export_onnx(model, output)
     except (CheckpointError, ExportError) as exc:
         return _fail(str(exc))
     print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, dynamic batch axis)")
@@ -515,11 +528,7 @@ def _add_gradio_parser(sub: argparse._SubParsersAction) -> None:
         "extra: pip install '.[gradio]'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default=argparse.SUPPRESS,
-        help="weights file (.pth) (default: the shipped models/mnist_cnn_model.pth)",
-    )
+    p.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=7860, help="TCP port")
     p.add_argument(
@@ -537,7 +546,13 @@ def _gradio(args: argparse.Namespace) -> int:
 
     try:
         import_gradio()  # before loading anything: the likeliest failure, with its fix
-        predictor = Predictor.from_checkpoint(getattr(args, "model", None))
+    except ImportError as exc:
+        return _fail(str(exc))
+    model, error = _find_model(getattr(args, "model", None))
+    if model is None:
+        return _fail(error or "no model")
+    try:
+        predictor = Predictor.from_checkpoint(model)
     except (ImportError, CheckpointError) as exc:
         return _fail(str(exc))
     info = predictor.info
@@ -549,6 +564,26 @@ def _gradio(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a foreground server is stopped
     return 0
+
+
+# Every command that reads a model says the same about where it comes from (mnist_cnn.paths).
+MODEL_HELP = (
+    "weights file (.pth), or a training run's directory (default: "
+    "./models/mnist_cnn_model.pth when it exists, else the model shipped with the package)"
+)
+
+
+def _find_model(given: str | None) -> tuple[Path | None, str | None]:
+    """``(path, None)`` for the model to use, after saying which on stderr; or
+    ``(None, error message)``."""
+    from mnist_cnn import paths
+
+    try:
+        found = paths.find_model(given)
+    except paths.NotFoundError as exc:
+        return None, str(exc)
+    print(f"using model {found.describe()}", file=sys.stderr)
+    return found.path, None
 
 
 def _fail(message: str) -> int:

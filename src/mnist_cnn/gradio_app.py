@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError
+from mnist_cnn.checkpoint import CheckpointError
+from mnist_cnn.paths import MODEL_FILENAME, SHIPPED_MODEL
 from mnist_cnn.preprocess import ImageError, NoDigitError
 
 if TYPE_CHECKING:  # the annotations only; importing gradio costs seconds
@@ -37,7 +38,6 @@ INSTALL_HINT = (
     'the Gradio interface needs the optional packages: pip install ".[gradio]" in a clone of '
     'the repository, or pip install "gradio>=6,<7" "gradio_client>=2"'
 )
-MODEL_FILENAME = "mnist_cnn_model.pth"
 TOP_CLASSES = 3
 # The 28x28 model input is shown enlarged by this factor with nearest-neighbour sampling, so
 # that every pixel the model sees is an exact square on screen (a browser would blur it).

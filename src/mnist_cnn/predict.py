@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from mnist_cnn.checkpoint import SHIPPED_MODEL, CheckpointError, load_model, metadata_path
+from mnist_cnn.checkpoint import CheckpointError, load_model, metadata_path, resolve
 from mnist_cnn.evaluate import logits_of
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES
 from mnist_cnn.preprocess import MAX_PIXELS, ImageSource, Located, normalise, prepare
@@ -124,7 +124,8 @@ class Predictor:
         threads: int | None = None,
         max_pixels: int = MAX_PIXELS,
     ) -> Predictor:
-        """Load a checkpoint (default: the shipped model) for inference.
+        """Load a checkpoint for inference (default: ``paths.find_model``'s choice: the
+        working directory's models/, else the model shipped in the package).
 
         ``path`` is a ``.pth`` state_dict (its ``.json`` metadata beside it) or, with
         ``backend="onnx"``, also a ``.onnx`` file from ``mnist-cnn export``. ``threads`` sets
@@ -134,7 +135,7 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        path = Path(path) if path is not None else SHIPPED_MODEL
+        path = resolve(path)
         if backend == "onnx":
             return cls._from_onnx(path, threads, max_pixels)
         if path.suffix == ".onnx":
