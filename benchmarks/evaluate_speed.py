@@ -28,7 +28,7 @@ def measure(model_path: str, data_dir: str, threads: int, repeats: int) -> dict[
     accuracy = 0.0
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        test = data.load_split("test", data_dir)
+        test = data.load_split("test", data_dir or None)
         t1 = time.perf_counter()
         loaded = load_model(model_path)
         t2 = time.perf_counter()
@@ -46,7 +46,9 @@ def main() -> int:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(SHIPPED_MODEL))
-    parser.add_argument("--data-dir", default="data/mnist")
+    parser.add_argument(
+        "--data-dir", default="", help="MNIST directory (default: mnist_cnn.paths' rule)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     cores = torch.get_num_threads()

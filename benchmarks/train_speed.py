@@ -119,7 +119,7 @@ def run(name: str, seed: int, data_dir: str, workdir: Path, threads: int) -> Out
         model_path=str(workdir / f"{name}.pth"),
         report_dir=str(workdir / name),
     )
-    test = data.load_split("test", data_dir)
+    test = data.load_split("test", data_dir or None)
     elapsed = 0.0
     reached: tuple[float, int] | None = None
     last: EvalResult | None = None
@@ -204,7 +204,9 @@ def main() -> int:
         help=f"a group ({', '.join(GROUPS)}) or comma-separated runs ({', '.join(RUNS)})",
     )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run per seed")
-    parser.add_argument("--data-dir", default="data/mnist")
+    parser.add_argument(
+        "--data-dir", default="", help="MNIST directory (default: mnist_cnn.paths' rule)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument(
         "--keep", metavar="DIR", help="keep the trained models in DIR (default: discard them)"

@@ -38,6 +38,7 @@ from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN
 from mnist_cnn.paths import SHIPPED_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_DATA = REPO_ROOT / "data" / "mnist"
 NOTEBOOKS = REPO_ROOT / "notebooks"
 TRAINING = NOTEBOOKS / "mnist_training.ipynb"
 WEB_APP = NOTEBOOKS / "kaggle_web_app.ipynb"
@@ -135,7 +136,7 @@ def kaggle_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mnist = root / "hojjatk" / "mnist-dataset"
     mnist.mkdir(parents=True)
     for name in data.FILES:
-        raw = gzip.decompress((data.DEFAULT_DATA_DIR / f"{name}.gz").read_bytes())
+        raw = gzip.decompress((BUNDLED_DATA / f"{name}.gz").read_bytes())
         (mnist / name.replace("-idx", ".idx")).write_bytes(raw)
     decoy = root / "a-fashion-mnist"
     decoy.mkdir()
@@ -315,9 +316,9 @@ def test_web_app_notebook_predicts_real_digits_and_serves_them(
 
 def test_find_data_dir_prefers_the_repository_copy(kaggle_input: Path) -> None:
     found = data.find_data_dir(
-        candidates=[data.DEFAULT_DATA_DIR], search_roots=[kaggle_input], log=lambda _: None
+        candidates=[BUNDLED_DATA], search_roots=[kaggle_input], log=lambda _: None
     )
-    assert found == data.DEFAULT_DATA_DIR
+    assert found == BUNDLED_DATA
 
 
 def test_find_data_dir_finds_a_kaggle_dataset_and_skips_look_alikes(
@@ -349,7 +350,7 @@ def test_find_data_dir_uses_a_standard_directory_in_place(tmp_path: Path) -> Non
     nested = tmp_path / "input" / "some-dataset" / "versions" / "3" / "mnist"
     nested.mkdir(parents=True)
     for name in data.FILES:
-        (nested / f"{name}.gz").symlink_to(data.DEFAULT_DATA_DIR / f"{name}.gz")
+        (nested / f"{name}.gz").symlink_to(BUNDLED_DATA / f"{name}.gz")
     found = data.find_data_dir(candidates=[], search_roots=[tmp_path / "input"], log=print)
     assert found == nested
 
@@ -380,7 +381,7 @@ def test_find_data_dir_downloads_when_found_nowhere(
         calls.append(Path(data_dir))
         Path(data_dir).mkdir(parents=True)
         for name in data.FILES:
-            shutil.copy(data.DEFAULT_DATA_DIR / f"{name}.gz", Path(data_dir))
+            shutil.copy(BUNDLED_DATA / f"{name}.gz", Path(data_dir))
         return []
 
     monkeypatch.setattr(data, "download", fake_download)

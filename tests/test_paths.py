@@ -90,6 +90,15 @@ def test_commands_say_which_model_they_use(tmp_path: Path, clear_digits: list) -
     assert f": {label}" in proc.stdout
 
 
+def test_evaluate_from_another_directory_finds_the_bundled_data(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    run = [sys.executable, "-m", "mnist_cnn", "evaluate"]
+    proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy 99." in proc.stdout
+    assert (tmp_path / "reports" / "evaluation.json").is_file()  # reports go where you are
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -144,6 +153,11 @@ def test_a_wheel_installed_elsewhere_works_on_its_own(tmp_path: Path, clear_digi
         "from mnist_cnn.predict import Predictor; print(Predictor.from_checkpoint().info['path'])",
     )
     assert loaded.returncode == 0 and str(site) in loaded.stdout, loaded.stderr
+    # No clone, no ./data/mnist, an empty cache: the error says where it looked and what to do.
+    nodata = run("-m", "mnist_cnn", "evaluate")
+    assert nodata.returncode == 1 and "Traceback" not in nodata.stderr
+    assert "MNIST not found" in nodata.stderr and "mnist-cnn download" in nodata.stderr
+    assert str(tmp_path / "cache" / "mnist-cnn" / "mnist") in nodata.stderr
     evaluated = run("-m", "mnist_cnn", "evaluate", "--data-dir", str(BUNDLED_DATA))
     assert evaluated.returncode == 0, evaluated.stderr
     assert "test accuracy 99." in evaluated.stdout

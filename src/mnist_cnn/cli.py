@@ -43,7 +43,8 @@ TRAIN_HELP = {
     "seed": "random seed: initialisation, split, shuffling, augmentation, dropout",
     "threads": "torch CPU threads (0: one per core)",
     "device": "auto (cuda, then mps, then cpu), cpu, cuda or mps",
-    "data_dir": "directory with the four MNIST IDX files (.gz or not)",
+    "data_dir": "directory with the four MNIST IDX files, .gz or not (empty: ./data/mnist, else "
+    "the repository's bundled copy, else the cache that `mnist-cnn download` fills)",
     "model_path": "where to write the weights; metadata goes beside it as .json",
     "report_dir": "where to write training_curves.png",
 }
@@ -142,7 +143,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--data-dir", default=d.data_dir, help="directory with the MNIST IDX files")
+    p.add_argument("--data-dir", default=None, help=TRAIN_HELP["data_dir"])
     p.add_argument(
         "--report-dir", default=d.report_dir, help="where to write the report and figures"
     )
@@ -194,19 +195,26 @@ def _add_download_parser(sub: argparse._SubParsersAction) -> None:
         help="download MNIST from the public mirrors (the repository already bundles it)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dir", default="data/mnist", help="where to put the four .gz files")
+    p.add_argument(
+        "--dir",
+        default=None,
+        help="where to put the four .gz files (default: the user cache, "
+        "$XDG_CACHE_HOME/mnist-cnn/mnist, where every command looks)",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per connection attempt")
     p.set_defaults(handler=_download)
 
 
 def _download(args: argparse.Namespace) -> int:
+    from mnist_cnn import paths
     from mnist_cnn.data import DatasetError, download
 
+    target = Path(args.dir) if args.dir else paths.user_data_dir()
     try:
-        download(Path(args.dir), timeout=args.timeout, progress=sys.stderr.isatty())
+        download(target, timeout=args.timeout, progress=sys.stderr.isatty())
     except DatasetError as exc:
         return _fail(str(exc))
-    print(f"MNIST is complete and verified in {args.dir}")
+    print(f"MNIST is complete and verified in {target}")
     return 0
 
 

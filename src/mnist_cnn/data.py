@@ -25,10 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn import atomic
-
-# The project ships the data here (relative to the repository root) so that it trains offline.
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"
+from mnist_cnn import atomic, paths
 
 # SHA-256 of the *decompressed* IDX files. The bundled .gz files and the canonical ones from the
 # mirrors have different gzip headers but decompress to these exact bytes.
@@ -69,16 +66,28 @@ class DatasetError(Exception):
 # --------------------------------------------------------------------------- reading
 
 
+def _fix() -> str:
+    """How to get MNIST back, for this installation (a clone, or an installed package)."""
+    if paths.repo_root() is not None:
+        return "Restore the bundled copy (`git checkout -- data/mnist`), or `mnist-cnn download`."
+    return f"Run `mnist-cnn download` (it fills {paths.user_data_dir()})."
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """``paths.find_data``, with its ``NotFoundError`` as a ``DatasetError``."""
+    try:
+        return paths.find_data(data_dir).path
+    except paths.NotFoundError as exc:
+        raise DatasetError(str(exc)) from None
+
+
 def locate(data_dir: str | Path, name: str) -> Path:
     """Return the path of IDX file ``name`` in ``data_dir``, gzipped or not."""
     data_dir = Path(data_dir)
     for candidate in (data_dir / f"{name}.gz", data_dir / name):
         if candidate.is_file():
             return candidate
-    raise DatasetError(
-        f"{data_dir / (name + '.gz')}: file not found. The repository ships MNIST in data/mnist/; "
-        f"restore it with `git checkout -- data/mnist` or fetch it with `mnist-cnn download`."
-    )
+    raise DatasetError(f"{data_dir / (name + '.gz')}: file not found. {_fix()}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -89,9 +98,7 @@ def _read_bytes(path: Path) -> bytes:
         return gzip.decompress(raw)
     except (OSError, EOFError) as exc:
         raise DatasetError(
-            f"{path}: the gzip stream is corrupt or truncated ({exc}). "
-            f"Restore it with `git checkout -- {path.name}` or fetch it again with "
-            f"`mnist-cnn download`."
+            f"{path}: the gzip stream is corrupt or truncated ({exc}). {_fix()}"
         ) from exc
 
 
@@ -104,9 +111,9 @@ def read_idx(path: str | Path, expected_sha256: str | None = None) -> np.ndarray
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found. Fetch MNIST with `mnist-cnn download`.")
+        raise DatasetError(f"{path}: file not found. {_fix()}")
     data = _read_bytes(path)
-    fix = "Restore the bundled copy (`git checkout -- data/mnist`) or run `mnist-cnn download`."
+    fix = _fix()
     if len(data) < 8:
         raise DatasetError(f"{path}: {len(data)} bytes is too short for an IDX header. {fix}")
     magic = struct.unpack(">I", data[:4])[0]
@@ -152,11 +159,12 @@ class Split:
         return Split(self.images[index], self.labels[index])
 
 
-def load_split(split: str, data_dir: str | Path = DEFAULT_DATA_DIR, verify: bool = True) -> Split:
+def load_split(split: str, data_dir: str | Path | None = None, verify: bool = True) -> Split:
     """Load the ``"train"`` or ``"test"`` split, verified against the known SHA-256 sums."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
     images_name, labels_name, count = SPLITS[split]
+    data_dir = resolve_data_dir(data_dir)
     images = read_idx(locate(data_dir, images_name), FILES[images_name] if verify else None)
     labels = read_idx(locate(data_dir, labels_name), FILES[labels_name] if verify else None)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1:
@@ -457,7 +465,7 @@ def _stage(files: dict[str, Path], staging_dir: Path) -> Path:
 
 
 def find_data_dir(
-    candidates: Sequence[str | Path] = ("data/mnist", "../data/mnist", DEFAULT_DATA_DIR),
+    candidates: Sequence[str | Path] | None = None,
     search_roots: Sequence[str | Path] = (KAGGLE_INPUT,),
     download_to: str | Path | None = None,
     staging_dir: str | Path | None = None,
@@ -474,6 +482,9 @@ def find_data_dir(
     system's temporary directory) under the standard names. Raises ``DatasetError`` saying
     where it looked.
     """
+    if candidates is None:  # the rule of mnist_cnn.paths, and a notebook's parent directory
+        candidates = [paths.LOCAL_DATA, Path("..") / paths.LOCAL_DATA]
+        candidates += [c.path for c in paths.data_candidates()[1:]]
     rejected: list[str] = []
     for candidate in candidates:
         directory = Path(candidate)
@@ -487,8 +498,8 @@ def find_data_dir(
 
     roots = [Path(r) for r in search_roots]
     chosen: dict[str, Path] = {}
-    for name, paths in _search(roots).items():
-        for path in paths:
+    for name, found in _search(roots).items():
+        for path in found:
             try:
                 read_idx(path, FILES[name])
             except DatasetError as exc:

@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0: one per core)
     device: str = "auto"  # auto picks cuda, then mps, then cpu
-    data_dir: str = "data/mnist"
+    data_dir: str = ""  # empty: paths.find_data (./data/mnist, the clone's copy, the cache)
     model_path: str = "models/mnist_cnn_model.pth"
     report_dir: str = "reports"
 
@@ -208,7 +208,7 @@ def uniform_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _split_data(config: TrainConfig) -> tuple[data.Split, data.Split]:
-    full = data.load_split("train", config.data_dir)
+    full = data.load_split("train", config.data_dir or None)
     train_idx, val_idx = data.stratified_split(full.labels, config.val_size, config.seed)
     if config.train_subset:
         gen = torch.Generator().manual_seed(config.seed)
@@ -382,7 +382,7 @@ def train(
         )
         return result
 
-    test_set = data.load_split("test", config.data_dir)
+    test_set = data.load_split("test", config.data_dir or None)
     test = evaluate(model, test_set, MNIST_MEAN, MNIST_STD)
     result.test_accuracy, result.test_loss = test.accuracy, test.loss
     result.outputs = write_outputs(
