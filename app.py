@@ -13,13 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
+import _sources  # noqa: F401  (a fresh clone without `pip install -e .`: the sources in src/)
+from mnist_cnn.checkpoint import CheckpointError
+
 try:
-    from mnist_cnn.checkpoint import CheckpointError
-except ModuleNotFoundError:
-    # A fresh clone run without `pip install -e .`: use the sources beside this file.
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-    from mnist_cnn.checkpoint import CheckpointError
-from mnist_cnn.web import WebConfig, create_app
+    from mnist_cnn.web import WebConfig, create_app
+except ModuleNotFoundError as exc:  # the web extra is not installed: say so in one line
+    raise SystemExit(f"python app.py needs {exc.name}: pip install 'mnist-cnn[web]'") from None
 
 
 def main(argv: list[str] | None = None) -> int:

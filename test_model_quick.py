@@ -17,6 +17,7 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
+import _sources  # noqa: F401  (a fresh clone without `pip install -e .`: the sources in src/)
 from mnist_cnn import data
 from mnist_cnn.checkpoint import CheckpointError
 from mnist_cnn.paths import SHIPPED_MODEL

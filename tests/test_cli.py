@@ -58,7 +58,7 @@ def test_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--epochs", "many"])
     assert exit_info.value.code == 2
-    assert "invalid int value: 'many'" in capsys.readouterr().err
+    assert "expected an integer, got 'many'" in capsys.readouterr().err
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,3 +166,56 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     assert "resumed from" in resumed.stdout and "epoch  6/6" in resumed.stdout
     meta = json.loads((tmp_path / "m.json").read_text())
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_help_and_version_do_not_import_torch(option: str) -> None:
+    code = (
+        "import sys\n"
+        "from mnist_cnn.cli import main\n"
+        f"try:\n    main([{option!r}])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "print('torch' in sys.modules, 'flask' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+    if option == "--help":
+        for command in ("train", "evaluate", "predict", "serve", "gradio", "export", "download"):
+            assert command in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+        (["train", "--threads", "-3"], "argument --threads: must be at least 0, got -3"),
+        (["train", "--architecture", "resnet"], "invalid choice: 'resnet'"),
+        (["train", "--schedule", "cosine"], "invalid choice: 'cosine'"),
+        (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
+        (["evaluate", "--threads", "many"], "expected an integer, got 'many'"),
+        (["predict", "x.png", "--batch-size", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnist_cnn.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    # `mnist-cnn evaluate | head -1`, with a reader that is gone before the first line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_cnn", "evaluate"], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err

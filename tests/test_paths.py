@@ -103,6 +103,43 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _bare_venv(where: Path) -> tuple[Path, Path]:
+    """(python, site-packages) of a fresh virtualenv that sees this environment's packages
+    (torch, OpenCV, ...) through a .pth line, not as a site directory: the editable install
+    of this checkout stays out, as on a machine where mnist-cnn is not installed."""
+    venv.create(where, with_pip=False)
+    python = where / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    (site / "test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python, site
+
+
+def test_the_seeds_commands_run_from_a_clone_without_an_install(tmp_path: Path) -> None:
+    python, _ = _bare_venv(tmp_path / "venv")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(python), *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+            timeout=300,
+        )  # fmt: skip
+
+    assert run("-c", "import mnist_cnn").returncode == 1  # really not installed
+    quick = run("test_model_quick.py", "--count", "3")
+    assert quick.returncode == 0, quick.stderr
+    assert run("app.py", "--help").returncode == 0
+    seed_import = run("-c", "from src.model import MNISTCNN; print(MNISTCNN.__module__)")
+    assert seed_import.stdout.strip() == "mnist_cnn.model", seed_import.stderr
+    seed_train = run("src/train.py", "--help")
+    assert seed_train.returncode == 0 and "mnist-cnn train" in seed_train.stderr
+    assert "--outlier-weight" in seed_train.stdout
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_elsewhere_works_on_its_own(tmp_path: Path, clear_digits: list) -> None:
     shipped_before = _sha256(paths.SHIPPED_MODEL)
@@ -113,18 +150,7 @@ def test_a_wheel_installed_elsewhere_works_on_its_own(tmp_path: Path, clear_digi
         check=True, timeout=300,
     )  # fmt: skip
     (wheel,) = wheels.glob("mnist_cnn-*.whl")
-    # A fresh virtualenv that sees this environment's packages (torch, OpenCV, ...) through a
-    # .pth line, not its site directory: the editable install of this checkout stays out.
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=False)
-    python = env_dir / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    )  # fmt: skip
-    (site / "test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python, site = _bare_venv(tmp_path / "venv")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
          str(wheel)],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,18 @@ if TYPE_CHECKING:  # the sub-commands import what they run, so that --help stays
 # (argparse's own), 130 interrupted by Ctrl-C (the shell's convention).
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed pipeline member
+
+# One line per sub-command, for ``mnist-cnn --help``.
+COMMAND_HELP = {
+    "train": "train a model on MNIST",
+    "evaluate": "evaluate a checkpoint on the MNIST test set",
+    "download": "download MNIST from the public mirrors (the repository already bundles it)",
+    "serve": "serve the web app and its JSON API (production server)",
+    "predict": "classify images of digits (photos, scans, drawings)",
+    "export": "export a model to ONNX (checked against PyTorch)",
+    "gradio": "serve the Gradio interface: draw or upload a digit",
+}
 
 TRAIN_HELP = {
     "architecture": "network: MNISTCNN (the seed CNN) or FastCNN",
@@ -50,12 +63,28 @@ TRAIN_HELP = {
 }
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # how argparse names the type in its messages
+    return parse
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     from mnist_cnn.train import PRESETS, TrainConfig
 
     p = sub.add_parser(
         "train",
-        help="train a model on MNIST",
+        help=COMMAND_HELP["train"],
         description="Train on the bundled MNIST. Options not given take the preset's value; "
         "the defaults shown are those of the default preset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -90,9 +119,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
             )
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
+            minimum = f.metadata.get("minimum")
             p.add_argument(
                 flag,
-                type=kind,
+                type=_at_least(minimum) if minimum is not None else kind,
+                choices=f.metadata.get("choices") or None,
                 default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
                 help=f"{TRAIN_HELP[f.name]} (default: {f.default})",
@@ -136,7 +167,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "evaluate",
-        help="evaluate a checkpoint on the MNIST test set",
+        help=COMMAND_HELP["evaluate"],
         description="Test accuracy and loss, per-class precision and recall, a confusion matrix, "
         "the worst mistakes and a JSON report. Works on any checkpoint, including a plain "
         "seed-format state_dict.",
@@ -147,7 +178,9 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--report-dir", default=d.report_dir, help="where to write the report and figures"
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per core)")
+    p.add_argument(
+        "--threads", type=_at_least(0), default=0, help="torch CPU threads (0: one per core)"
+    )
     p.set_defaults(handler=_evaluate)
 
 
@@ -192,7 +225,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _add_download_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "download",
-        help="download MNIST from the public mirrors (the repository already bundles it)",
+        help=COMMAND_HELP["download"],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -224,7 +257,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     d = ServeConfig()
     p = sub.add_parser(
         "serve",
-        help="serve the web app and its JSON API (production server)",
+        help=COMMAND_HELP["serve"],
         description="Serve the web page and the JSON API with waitress: the model is loaded "
         "once, then shared by forked worker processes (one per core by default), each with "
         "one request thread and one torch thread.",
@@ -325,7 +358,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "predict",
-        help="classify images of digits (photos, scans, drawings)",
+        help=COMMAND_HELP["predict"],
         description="Print the digit, confidence and top 3 for each image. Directories are "
         "searched recursively for image files. A file that cannot be read is reported and "
         "the others are still classified; the exit status is 1 when any file failed.",
@@ -350,14 +383,14 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="also write the 28x28 image the model sees for each file as a PNG",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--batch-size", type=_at_least(1), default=256, help="images per forward pass")
     p.add_argument(
         "--max-pixels",
         type=int,
         default=MAX_PIXELS,
         help="refuse images with more pixels (checked before decoding)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+    p.add_argument("--threads", type=_at_least(0), default=0, help="CPU threads (0: one per core)")
     p.set_defaults(handler=_predict)
 
 
@@ -486,7 +519,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="export a model to ONNX (checked against PyTorch)",
+        help=COMMAND_HELP["export"],
         description="Write the model as ONNX with a dynamic batch axis, after checking on MNIST "
         "test digits that ONNX Runtime gives the same argmax as PyTorch and logits within "
         "1e-4. Needs the onnx extra: pip install 'mnist-cnn[onnx]'.",
@@ -530,7 +563,7 @@ def _export(args: argparse.Namespace) -> int:
 def _add_gradio_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gradio",
-        help="serve the Gradio interface: draw or upload a digit",
+        help=COMMAND_HELP["gradio"],
         description="A sketchpad and an upload box; shows the top probabilities and the 28x28 "
         "image the model sees, through the same Predictor as the web app. Needs the gradio "
         "extra: pip install '.[gradio]'.",
@@ -599,39 +632,61 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
-# Each later capability registers its sub-command here.
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train_parser,
-    _add_evaluate_parser,
-    _add_download_parser,
-    _add_predict_parser,
-    _add_export_parser,
-    _add_serve_parser,
-    _add_gradio_parser,
-]
+# Each capability registers its sub-command here, in the order --help lists them.
+PARSERS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "train": _add_train_parser,
+    "evaluate": _add_evaluate_parser,
+    "download": _add_download_parser,
+    "predict": _add_predict_parser,
+    "export": _add_export_parser,
+    "serve": _add_serve_parser,
+    "gradio": _add_gradio_parser,
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``mnist-cnn`` argument parser."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``mnist-cnn`` argument parser: every sub-command with its options, or with
+    ``command``, only that one (the others are listed by name; "" lists them all so).
+    Building the train and serve options imports torch and Flask, seconds that
+    ``mnist-cnn --help`` and ``--version`` need not wait."""
     parser = argparse.ArgumentParser(
         prog="mnist-cnn",
         description="Train, evaluate and use a CNN for handwritten digits (MNIST).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in PARSERS:
-        add(sub)
+    for name, add in PARSERS.items():
+        if command is None or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=COMMAND_HELP[name])
     return parser
+
+
+def _command(argv: Sequence[str]) -> str:
+    """The sub-command named on the command line ("" when none): the first word that is
+    not an option (the only global options, --help and --version, take no value)."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    # An unknown command, or none (--help, --version): argparse answers from the names alone.
+    args = build_parser(command if command in PARSERS else "").parse_args(argv)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`mnist-cnn evaluate | head -1`): stop quietly, as a shell
+        # pipeline's tools do. Python would otherwise complain again when it flushes stdout
+        # at exit, so stdout goes to /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

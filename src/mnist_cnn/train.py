@@ -30,18 +30,34 @@ from torch import nn
 from mnist_cnn import atomic, data
 from mnist_cnn.checkpoint import save_model
 from mnist_cnn.evaluate import evaluate
-from mnist_cnn.model import INPUT_SIZE, MNIST_MEAN, MNIST_STD, build_model, count_parameters
+from mnist_cnn.model import (
+    ARCHITECTURES,
+    INPUT_SIZE,
+    MNIST_MEAN,
+    MNIST_STD,
+    build_model,
+    count_parameters,
+)
+
+SCHEDULES = ("onecycle", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _option(default: Any, *, choices: tuple[str, ...] = (), minimum: int | None = None) -> Any:
+    """A field whose valid values the command line checks as it parses (argparse's choices,
+    or a lower bound for integers): a bad option is a usage error, not a traceback."""
+    return field(default=default, metadata={"choices": choices, "minimum": minimum})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Defaults are the ``default`` preset."""
 
-    architecture: str = "MNISTCNN"
-    epochs: int = 12
-    batch_size: int = 128
+    architecture: str = _option("MNISTCNN", choices=tuple(ARCHITECTURES))
+    epochs: int = _option(12, minimum=1)
+    batch_size: int = _option(128, minimum=1)
     lr: float = 3e-3
-    schedule: str = "onecycle"  # or "constant"
+    schedule: str = _option("onecycle", choices=SCHEDULES)
     weight_decay: float = 0.0
     augment: bool = True
     translate: float = data.MAX_TRANSLATE  # largest augmentation shift, fraction of the image
@@ -51,11 +67,12 @@ class TrainConfig:
     # non-digits (mnist_cnn.outliers); 0 turns it off.
     outlier_weight: float = 0.25
     channels_last: bool = True
-    val_size: int = 5000
-    train_subset: int = 0  # train on this many images only (0: all); for quick runs and tests
+    val_size: int = _option(5000, minimum=1)
+    # train on this many images only (0: all); for quick runs and tests
+    train_subset: int = _option(0, minimum=0)
     seed: int = 0
-    threads: int = 0  # torch intra-op threads (0: one per core)
-    device: str = "auto"  # auto picks cuda, then mps, then cpu
+    threads: int = _option(0, minimum=0)  # torch intra-op threads (0: one per core)
+    device: str = _option("auto", choices=DEVICES)  # auto picks cuda, then mps, then cpu
     data_dir: str = ""  # empty: paths.find_data (./data/mnist, the clone's copy, the cache)
     model_path: str = "models/mnist_cnn_model.pth"
     report_dir: str = "reports"
