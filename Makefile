@@ -6,11 +6,12 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,web,onnx,gradio,notebooks
 
-.PHONY: help venv train test lint format serve notebooks benchmarks benchmark-data fonts clean
+.PHONY: help venv train test test-fast lint format serve notebooks benchmarks benchmark-data fonts clean
 
 help:
 	@echo "make train       train the default model on the bundled MNIST and calibrate \"not sure\""
 	@echo "make test        lint and run the whole test suite"
+	@echo "make test-fast   the inner loop: tests not marked slow or browser (under a minute)"
 	@echo "make serve       start the web app on the shipped model (http://127.0.0.1:5000)"
 	@echo "make lint        ruff check + ruff format --check"
 	@echo "make format      ruff format + ruff check --fix"
@@ -37,6 +38,10 @@ train: venv
 
 test: venv lint
 	$(BIN)/python -m pytest
+
+# The inner loop: no training runs, no notebooks, no browser, no full-test-set evaluations.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ ones go as they are. "Not sure" is shown in words, as the server's status says.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -53,6 +54,7 @@ TIMEOUT_MS = 20_000  # generous: the CI machine's two cores are shared
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
+PlaywrightError = playwright_api.Error
 
 
 @pytest.fixture(scope="module")
@@ -652,8 +654,13 @@ def answer_with(status: str, reason: dict | None, top: list[tuple[int, float]]) 
     reason and probabilities replaced (the rest, such as the 28x28 image, stays real)."""
 
     def handle(route: object) -> None:
-        response = route.fetch()
-        body = response.json()
+        try:
+            response = route.fetch()
+            body = response.json()
+        except PlaywrightError:
+            # The test is over and its page closed while this request was in flight (the
+            # pad asks while a stroke is drawn): nobody is waiting for the answer any more.
+            return
         probabilities = [0.0] * 10
         for digit, probability in top:
             probabilities[digit] = probability
@@ -665,7 +672,8 @@ def answer_with(status: str, reason: dict | None, top: list[tuple[int, float]]) 
             probabilities=probabilities,
             top3=[{"digit": d, "probability": q} for d, q in top[:3]],
         )
-        route.fulfill(response=response, json=body)
+        with contextlib.suppress(PlaywrightError):  # the page may have closed meanwhile
+            route.fulfill(response=response, json=body)
 
     return handle
 

@@ -101,6 +101,7 @@ def test_train_bad_device_is_a_clear_error(
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report_for_a_seed_format_state_dict(tmp_path: Path) -> None:
     # a plain state_dict with no metadata, as the seed saved it (untrained: ~10% accuracy)
     path = tmp_path / "seed.pth"
@@ -117,6 +118,7 @@ def test_evaluate_writes_report_for_a_seed_format_state_dict(tmp_path: Path) -> 
         assert (tmp_path / "rep" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_train_cli_fast_run_end_to_end(tmp_path: Path) -> None:
     proc = run_cli(
         "train",
@@ -136,6 +138,7 @@ def test_train_cli_fast_run_end_to_end(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m.json").read_text())["training"]["train_subset"] == 2000
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     """A real SIGINT during training: exit 130, checkpoint kept, ``--resume`` completes."""
     args = [
@@ -208,6 +211,7 @@ def test_bad_options_are_usage_errors(
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly() -> None:
     # `mnist-cnn evaluate | head -1`, with a reader that is gone before the first line.
     proc = subprocess.Popen(

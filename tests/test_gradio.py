@@ -241,6 +241,7 @@ def test_gradio_command_errors_are_clear(
     assert 'pip install ".[gradio]"' in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_gradio_command_serves_the_interface(clear_digits: list) -> None:
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}

@@ -219,6 +219,7 @@ def test_each_notebook_carries_every_module_it_imports() -> None:
 # --------------------------------------------------------------------------- execution
 
 
+@pytest.mark.slow
 def test_training_notebook_runs_alone_and_saves_a_model_that_works(
     tmp_path: Path, kaggle_input: Path, test_split: data.Split
 ) -> None:
@@ -258,6 +259,7 @@ def test_training_notebook_runs_alone_and_saves_a_model_that_works(
     assert "loads on the CPU with load_state_dict and gives the same outputs" in text
 
 
+@pytest.mark.slow
 def test_web_app_notebook_predicts_real_digits_and_serves_them(
     tmp_path: Path, clear_digits: list
 ) -> None:

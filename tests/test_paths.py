@@ -80,6 +80,7 @@ def test_data_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         paths.find_data(tmp_path / "elsewhere")
 
 
+@pytest.mark.slow
 def test_commands_say_which_model_they_use(tmp_path: Path, clear_digits: list) -> None:
     image, label, _ = clear_digits[0]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
@@ -90,6 +91,7 @@ def test_commands_say_which_model_they_use(tmp_path: Path, clear_digits: list) -
     assert f": {label}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_from_another_directory_finds_the_bundled_data(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     run = [sys.executable, "-m", "mnist_cnn", "evaluate"]
@@ -119,6 +121,7 @@ def _bare_venv(where: Path) -> tuple[Path, Path]:
     return python, site
 
 
+@pytest.mark.slow
 def test_the_seeds_commands_run_from_a_clone_without_an_install(tmp_path: Path) -> None:
     python, _ = _bare_venv(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -29,6 +29,7 @@ def test_metadata_describes_the_weights() -> None:
     assert meta["training"]["train_subset"] == 0  # trained on the full training split
 
 
+@pytest.mark.slow
 def test_shipped_model_accuracy_on_the_full_test_set(test_split: Split) -> None:
     loaded = load_model(SHIPPED_MODEL)
     result = evaluate(loaded.model, test_split, loaded.mean, loaded.std)

@@ -32,6 +32,7 @@ def small_config(tmp_path: Path, **overrides: object) -> TrainConfig:
     return config_for("fast", **settings)
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     lines: list[str] = []
     result = train(small_config(tmp_path), log=lines.append)
@@ -53,6 +54,7 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     assert loaded.architecture == "FastCNN"
 
 
+@pytest.mark.slow
 def test_outlier_exposure_teaches_none_of_the_ten(tmp_path: Path, train_split) -> None:
     from mnist_cnn.outliers import outlier_bank
 
@@ -70,12 +72,14 @@ def test_outlier_exposure_teaches_none_of_the_ten(tmp_path: Path, train_split) -
     assert confidence[0.5] < confidence[0.0] - 0.2
 
 
+@pytest.mark.slow
 def test_seed_cnn_trains_too(tmp_path: Path) -> None:
     config = small_config(tmp_path, architecture="MNISTCNN", batch_size=32, lr=2e-3)
     result = train(config)
     assert result.test_accuracy is not None and result.test_accuracy > 0.94
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tmp_path: Path) -> None:
     a = train(small_config(tmp_path / "a", epochs=1))
     b = train(small_config(tmp_path / "b", epochs=1))
@@ -85,6 +89,7 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
         assert torch.equal(va, vb), k
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     # augmentation, Outlier Exposure's draws and dropout all take random numbers:
     # resumption must restore them all
@@ -184,6 +189,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 @pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
+@pytest.mark.slow
 def test_training_steps_reuse_freed_memory() -> None:
     # glibc's default gives back and re-faults the activation buffers: 7,000-9,000 page
     # faults per step on the development machines, against 150-300 with them kept.
