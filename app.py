@@ -19,7 +19,9 @@ from mnist_cnn.checkpoint import CheckpointError
 try:
     from mnist_cnn.web import WebConfig, create_app
 except ModuleNotFoundError as exc:  # the web extra is not installed: say so in one line
-    raise SystemExit(f"python app.py needs {exc.name}: pip install 'mnist-cnn[web]'") from None
+    from mnist_cnn.extras import install_hint
+
+    raise SystemExit(f"python app.py: {install_hint('web', exc.name)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

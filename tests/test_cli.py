@@ -223,3 +223,12 @@ def test_a_closed_pipe_ends_quietly() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_install_hints_are_one_line_naming_the_extra() -> None:
+    from mnist_cnn.extras import EXTRAS, install_hint
+
+    for extra in EXTRAS:
+        hint = install_hint(extra, "something")
+        assert "\n" not in hint and f"pip install 'mnist-cnn[{extra}]'" in hint
+        assert "something is missing" in hint

@@ -238,7 +238,7 @@ def test_gradio_command_errors_are_clear(
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if the extra were not installed
     assert cli.main(["gradio"]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
-    assert 'pip install ".[gradio]"' in err and "Traceback" not in err
+    assert "pip install 'mnist-cnn[gradio]'" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -323,7 +323,9 @@ def _serve(args: argparse.Namespace) -> int:
     except (CheckpointError, ServerError, ValueError) as exc:
         return _fail(str(exc))
     except ModuleNotFoundError as exc:
-        return _fail(f"the web app needs {exc.name}: pip install 'mnist-cnn[web]'")
+        from mnist_cnn.extras import install_hint
+
+        return _fail(install_hint("web", exc.name))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a foreground server is stopped
     print("server stopped", file=sys.stderr)

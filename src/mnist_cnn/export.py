@@ -31,13 +31,13 @@ from torch import nn
 from mnist_cnn import atomic
 from mnist_cnn.checkpoint import CheckpointError, LoadedModel, file_sha256, load_model
 from mnist_cnn.evaluate import logits_of
+from mnist_cnn.extras import install_hint
 from mnist_cnn.model import INPUT_SIZE
 
 PARITY_TOLERANCE = 1e-4
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-INSTALL_HINT = "the ONNX export needs the optional packages: pip install 'mnist-cnn[onnx]'"
 
 
 class ExportError(Exception):
@@ -48,7 +48,7 @@ def _require(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError as exc:
-        raise ExportError(f"{INSTALL_HINT} ({exc})") from exc
+        raise ExportError(install_hint("onnx", exc.name)) from exc
 
 
 def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
@@ -131,7 +131,7 @@ def onnx_runner(
     try:
         ort = __import__("onnxruntime")
     except ImportError as exc:
-        raise CheckpointError(f"{INSTALL_HINT} ({exc})") from exc
+        raise CheckpointError(install_hint("onnx", exc.name)) from exc
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_cnn.checkpoint import CheckpointError
+from mnist_cnn.extras import install_hint
 from mnist_cnn.paths import MODEL_FILENAME, SHIPPED_MODEL
 from mnist_cnn.preprocess import ImageError, NoDigitError
 
@@ -34,10 +35,6 @@ if TYPE_CHECKING:  # the annotations only; importing gradio costs seconds
 
     from mnist_cnn.predict import Prediction, Predictor
 
-INSTALL_HINT = (
-    'the Gradio interface needs the optional packages: pip install ".[gradio]" in a clone of '
-    'the repository, or pip install "gradio>=6,<7" "gradio_client>=2"'
-)
 TOP_CLASSES = 3
 # The 28x28 model input is shown enlarged by this factor with nearest-neighbour sampling, so
 # that every pixel the model sees is an exact square on screen (a browser would blur it).
@@ -60,7 +57,7 @@ def import_gradio() -> ModuleType:
     try:
         import gradio
     except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
+        raise ImportError(install_hint("gradio", exc.name)) from exc
     return gradio
 
 

@@ -26,6 +26,7 @@ import torch
 
 from mnist_cnn.checkpoint import CheckpointError, load_model, metadata_path, resolve
 from mnist_cnn.evaluate import logits_of
+from mnist_cnn.extras import install_hint
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES
 from mnist_cnn.preprocess import MAX_PIXELS, ImageSource, Located, normalise, prepare
 from mnist_cnn.unsure import Unsure, UnsurePolicy, assess
@@ -285,9 +286,7 @@ def _onnx_metadata(path: Path, model_bytes: bytes) -> dict[str, str]:
     try:
         import onnx
     except ImportError as exc:
-        raise CheckpointError(
-            "the ONNX backend needs the optional packages: pip install 'mnist-cnn[onnx]'"
-        ) from exc
+        raise CheckpointError(install_hint("onnx", exc.name)) from exc
     try:
         proto = onnx.load_model_from_string(model_bytes)
     except Exception as exc:  # onnx raises DecodeError and others from protobuf
