@@ -12,7 +12,7 @@ help:
 	@echo "make train       train the default model on the bundled MNIST and calibrate \"not sure\""
 	@echo "make test        lint and run the whole test suite"
 	@echo "make test-fast   the inner loop: tests not marked slow or browser (under a minute)"
-	@echo "make serve       start the web app on the shipped model (http://127.0.0.1:5000)"
+	@echo "make serve       start the web app (./models/ when trained here, else the shipped model)"
 	@echo "make lint        ruff check + ruff format --check"
 	@echo "make format      ruff format + ruff check --fix"
 	@echo "make notebooks   regenerate notebooks/ from the package sources"
@@ -35,6 +35,8 @@ venv: $(BIN)/.installed
 train: venv
 	$(BIN)/mnist-cnn train
 	$(BIN)/python tools/calibrate_unsure.py
+	@echo "The model is in ./models/ (it now takes precedence over the shipped one here):"
+	@echo "  make serve   or   mnist-cnn predict IMAGE   or   mnist-cnn evaluate"
 
 test: venv lint
 	$(BIN)/python -m pytest
