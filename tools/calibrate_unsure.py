@@ -598,8 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     policy, feats = choose(scored, config.budget, config.kind_cap, config.basis)
     table, summary = report(scored, feats, policy)
     print(
-        f"model: {model}; budget {100 * config.budget:.1f}% of {config.basis} digits (any "
-        f"kind at most {100 * config.kind_cap:.1f}%), {config.per_kind} digits per kind, "
+        f"model: {model}; budget {100 * config.budget:.1f}% of {config.basis} digit images "
+        f"(of any kind's correctly read digits at most {100 * config.kind_cap:.1f}%), "
+        f"{config.per_kind} digits per kind, "
         f"seed {config.seed}\n"
     )
     print("thresholds: " + json.dumps(policy.to_metadata()["thresholds"]) + "\n")
