@@ -401,6 +401,12 @@ SURE_ANSWER = """() => ["strip-main", "confidence"].some((id) => {
 })"""
 
 
+def sure_answer_in_view(page: object) -> dict:
+    """Once the finished drawing's (sure) answer is shown: what of it is on screen."""
+    page.wait_for_function(SURE_ANSWER, timeout=10_000)
+    return page.evaluate(ANSWER_IN_VIEW)
+
+
 def in_view(page: object, selector: str) -> bool:
     """Whether the element is entirely inside the viewport, as it is now."""
     box = page.locator(selector).bounding_box()
@@ -438,8 +444,7 @@ def test_a_finger_draws_on_a_phone_and_sees_the_answer_without_scrolling(
     finger.up()
     expect(page.locator("#digit")).to_have_text("7")
     expect(page.locator("#strip-digit")).to_have_text("7")
-    page.wait_for_function(SURE_ANSWER, timeout=10_000)
-    answer = page.evaluate(ANSWER_IN_VIEW)
+    answer = sure_answer_in_view(page)
     assert "7" in answer["digits"], f"the answer is off screen: {answer}"
     assert any(w.endswith("% sure") for w in answer["words"]), answer
     # The page did not scroll while the finger drew.
@@ -465,8 +470,7 @@ def test_pad_buttons_and_answer_fit_every_common_screen(
     else:
         draw(page, SEVEN)
     expect(page.locator("#digit")).to_have_text("7")
-    page.wait_for_function(SURE_ANSWER, timeout=10_000)
-    answer = page.evaluate(ANSWER_IN_VIEW)
+    answer = sure_answer_in_view(page)
     assert "7" in answer["digits"], f"the digit is off screen at {size}: {answer}"
     assert any(w.endswith("% sure") for w in answer["words"]), answer
     assert answer["scrollY"] == 0

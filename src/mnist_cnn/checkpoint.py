@@ -65,10 +65,10 @@ def save_model(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> 
     atomic.write_json(metadata_path(path), {**metadata, "weights_sha256": file_sha256(path)})
 
 
-def resolve(path: str | Path | None) -> Path:
+def find_model(path: str | Path | None) -> paths.Found:
     """``paths.find_model``, with its ``NotFoundError`` as a ``CheckpointError``."""
     try:
-        return paths.find_model(path).path
+        return paths.find_model(path)
     except paths.NotFoundError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -149,7 +149,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     without metadata loads as ``MNISTCNN`` with the standard MNIST normalisation. Raises
     ``CheckpointError``.
     """
-    path = resolve(path)
+    path = find_model(path).path
     state = _read_state_dict(path)
     meta = _read_metadata(path)
     architecture = meta.get("architecture") or _infer_architecture(state)

@@ -193,11 +193,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, error = _find_model(args.model)
-    if model is None:
-        return _fail(error or "no model")
     try:
-        loaded = load_model(model)
+        loaded = load_model(_model_path(args.model))
         test = data.load_split("test", args.data_dir)
     except (CheckpointError, data.DatasetError) as exc:
         return _fail(str(exc))
@@ -306,19 +303,16 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     if args.max_request_mb <= 0:
         return _fail("--max-request-mb must be positive")
-    model, error = _find_model(getattr(args, "model", None))
-    if model is None:
-        return _fail(error or "no model")
-    config = ServeConfig(
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        threads=args.threads,
-        model=model,
-        backend=args.backend,
-        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
-    )
     try:
+        config = ServeConfig(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            threads=args.threads,
+            model=_model_path(getattr(args, "model", None)),
+            backend=args.backend,
+            max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        )
         serve(config)
     except (CheckpointError, ServerError, ValueError) as exc:
         return _fail(str(exc))
@@ -447,12 +441,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         return _fail("--batch-size must be at least 1")
-    model, error = _find_model(getattr(args, "model", None))
-    if model is None:
-        return _fail(error or "no model")
     try:
         predictor = Predictor.from_checkpoint(
-            model,
+            _model_path(getattr(args, "model", None)),
             backend=args.backend,
             threads=args.threads or None,
             max_pixels=args.max_pixels,
@@ -543,13 +534,11 @@ def _export(args: argparse.Namespace) -> int:
     from mnist_cnn.checkpoint import CheckpointError
     from mnist_cnn.export import ExportError, export_onnx
 
-    model, error = _find_model(args.model)
-    if model is None:
-        return _fail(error or "no model")
-    # Never beside the shipped weights: they live inside the installed package.
-    beside = paths.LOCAL_MODEL if model == paths.SHIPPED_MODEL else model
-    output = Path(args.output) if args.output else beside.with_suffix(".onnx")
     try:
+        model = _model_path(args.model)
+        # Never beside the shipped weights: they live inside the installed package.
+        beside = paths.LOCAL_MODEL if model == paths.SHIPPED_MODEL else model
+        output = Path(args.output) if args.output else beside.with_suffix(".onnx")
         result = export_onnx(model, output)
     except (CheckpointError, ExportError) as exc:
         return _fail(str(exc))
@@ -591,11 +580,8 @@ def _gradio(args: argparse.Namespace) -> int:
         import_gradio()  # before loading anything: the likeliest failure, with its fix
     except ImportError as exc:
         return _fail(str(exc))
-    model, error = _find_model(getattr(args, "model", None))
-    if model is None:
-        return _fail(error or "no model")
     try:
-        predictor = Predictor.from_checkpoint(model)
+        predictor = Predictor.from_checkpoint(_model_path(getattr(args, "model", None)))
     except (ImportError, CheckpointError) as exc:
         return _fail(str(exc))
     info = predictor.info
@@ -616,17 +602,14 @@ MODEL_HELP = (
 )
 
 
-def _find_model(given: str | None) -> tuple[Path | None, str | None]:
-    """``(path, None)`` for the model to use, after saying which on stderr; or
-    ``(None, error message)``."""
-    from mnist_cnn import paths
+def _model_path(given: str | None) -> Path:
+    """The model to use (``mnist_cnn.paths``' rule), after saying which on stderr. Raises
+    ``CheckpointError`` when there is none, which every command reports already."""
+    from mnist_cnn.checkpoint import find_model
 
-    try:
-        found = paths.find_model(given)
-    except paths.NotFoundError as exc:
-        return None, str(exc)
+    found = find_model(given)
     print(f"using model {found.describe()}", file=sys.stderr)
-    return found.path, None
+    return found.path
 
 
 def _fail(message: str) -> int:

@@ -284,18 +284,15 @@ def pair(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     a, b = (digits[rng.integers(len(digits))].astype(np.float32) / 255.0 for _ in range(2))
     gap = int(rng.integers(-6, 8))  # in pixels of the 28-pixel digits; negative: overlap
     dy = int(rng.integers(-4, 5))
-    height = 28 + abs(dy)
-    width = 56 + gap
-    canvas = np.zeros((height, max(width, 29)), dtype=np.float32)
+    canvas = np.zeros((28 + abs(dy), 56 + gap), dtype=np.float32)
     top_a, top_b = max(0, -dy), max(0, dy)
     canvas[top_a : top_a + 28, :28] = a
-    left = 28 + gap
-    region = canvas[top_b : top_b + 28, left : left + 28]
-    np.maximum(region, b[:, : region.shape[1]], out=region)
+    region = canvas[top_b : top_b + 28, 28 + gap :]  # b's place: the last 28 columns
+    np.maximum(region, b, out=region)
     return canvas
 
 
-KINDS = ("letter", "shape", "scribble", "blob", "pair")
+KINDS = tuple(MIX)
 
 
 def outlier_bank(count: int, digits: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -305,23 +302,20 @@ def outlier_bank(count: int, digits: np.ndarray, seed: int = 0) -> np.ndarray:
     training split only, so that validation and test digits stay unseen. The same
     ``count``, ``digits`` and ``seed`` give the same bank.
     """
+    draw: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
+        "letter": letter,
+        "shape": shape,
+        "scribble": scribble,
+        "blob": blob,
+        "pair": lambda rng: pair(digits, rng),
+    }
     rng = np.random.default_rng(seed)
     shares = np.array([MIX[k] for k in KINDS])
     kinds = rng.choice(len(KINDS), size=count, p=shares / shares.sum())
     out = np.zeros((count, 28, 28), dtype=np.uint8)
     for i, k in enumerate(kinds):
-        while True:
-            if KINDS[k] == "letter":
-                image = letter(rng)
-            elif KINDS[k] == "shape":
-                image = shape(rng)
-            elif KINDS[k] == "scribble":
-                image = scribble(rng)
-            elif KINDS[k] == "blob":
-                image = blob(rng)
-            else:
-                image = pair(digits, rng)
-            if image.max() > 0.1:
-                break
+        image = draw[KINDS[k]](rng)
+        while image.max() <= 0.1:  # a drawing that fell off the canvas: draw another
+            image = draw[KINDS[k]](rng)
         out[i] = np.round(frame(image) * 255.0).astype(np.uint8)
     return out

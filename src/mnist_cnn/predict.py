@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from mnist_cnn.checkpoint import CheckpointError, load_model, metadata_path, resolve
+from mnist_cnn.checkpoint import CheckpointError, find_model, load_model, metadata_path
 from mnist_cnn.evaluate import logits_of
 from mnist_cnn.extras import install_hint
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES
@@ -136,7 +136,7 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        path = resolve(path)
+        path = find_model(path).path
         if backend == "onnx":
             return cls._from_onnx(path, threads, max_pixels)
         if path.suffix == ".onnx":

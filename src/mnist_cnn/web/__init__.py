@@ -59,10 +59,10 @@ def get_predictor(config: WebConfig) -> Predictor:
 
     Raises ``mnist_cnn.checkpoint.CheckpointError`` when the model cannot be loaded.
     """
-    from mnist_cnn.checkpoint import resolve
+    from mnist_cnn.checkpoint import find_model
     from mnist_cnn.predict import Predictor
 
-    path = resolve(config.model_path)
+    path = find_model(config.model_path).path
     key = (str(path.resolve()), config.backend, config.torch_threads)
     with _PREDICTORS_LOCK:
         # The lock makes concurrent first requests (or apps) load the model once, not twice.
