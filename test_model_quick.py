@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     info = predictor.info
-    accuracy = info["test_accuracy"]
+    accuracy = info.test_accuracy
     print(
-        f"model: {info['path']} ({info['architecture']}, {info['parameters']:,} parameters, "
+        f"model: {info.path} ({info.architecture}, {info.parameters or 0:,} parameters, "
         f"MNIST test accuracy {'unknown' if accuracy is None else f'{100 * accuracy:.2f}%'})"
     )
 

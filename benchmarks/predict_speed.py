@@ -6,7 +6,7 @@
    for a full-size 12 MP (4000x3000) phone JPEG, quality 90: a sheet of paper with the
    digit on a desk, in slight perspective (``renders.big_phone_photo``).
 2. Throughput: the forward pass over the 10,000 MNIST test images, batched, on 2 threads,
-   with PyTorch (channels-last, chunks of 256: ``evaluate.logits_of``) and ONNX Runtime.
+   with PyTorch (channels-last, chunks of 256: ``model.logits_of``) and ONNX Runtime.
 
     python benchmarks/predict_speed.py [--model models/mnist_cnn_model.pth] [--runs 300]
         [--big-runs 60]
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- throughput, 2 threads: the Predictors' own forward functions
     torch.set_num_threads(2)
     test = data.load_split("test")
-    x = data.to_model_input(test.images, backends["PyTorch"].mean, backends["PyTorch"].std)
+    x = data.normalise(test.images, backends["PyTorch"].mean, backends["PyTorch"].std)
     rates = {"PyTorch": best_rate(lambda: backends["PyTorch"].logits(x), len(x))}
     if "ONNX Runtime" in backends:
         onnx2 = Predictor.from_checkpoint(args.model, backend="onnx", threads=2)

@@ -506,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     counted_fonts = [r for r in fonts if r.counted]
     info = predictor.info
     print(
-        f"model: {info['path']} ({info['architecture']}, MNIST test accuracy "
-        f"{pct(info['test_accuracy'] or 0)}); code: {Path(mnist_cnn.__file__).parent}\n"
+        f"model: {info.path} ({info.architecture}, MNIST test accuracy "
+        f"{pct(info.test_accuracy or 0)}); code: {Path(mnist_cnn.__file__).parent}\n"
         f"{args.per_kind} MNIST {args.split} digits per kind, seed {args.seed}; non-digits: "
         f"{part} part\n"
     )
@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         report = {
-            "model": str(info["path"]),
+            "model": str(info.path),
             "code": str(Path(mnist_cnn.__file__).parent),
             "split": args.split,
             "nondigit_part": part,

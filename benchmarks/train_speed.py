@@ -27,7 +27,7 @@ import torch
 from mnist_cnn import data
 from mnist_cnn.evaluate import EvalResult, evaluate, expected_calibration_error
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD
-from mnist_cnn.train import config_for, train
+from mnist_cnn.train import config_for, configure_process, train
 
 TARGET = 0.99
 
@@ -218,6 +218,7 @@ def main() -> int:
         parser.error(f"unknown runs: {', '.join(unknown)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     threads = args.threads or torch.get_num_threads()
+    configure_process(threads)
     outcomes = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

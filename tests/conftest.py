@@ -50,6 +50,32 @@ def clear_digits(test_split: data.Split, tmp_path_factory: pytest.TempPathFactor
     return digits
 
 
+def save_checkpoint(
+    model: torch.nn.Module, path: Path, architecture: str = "MNISTCNN", **metadata: object
+) -> Path:
+    """Save ``model`` as training does (weights plus JSON), with a made-up test accuracy of
+    0.5 and MNIST's normalisation unless ``metadata`` says otherwise."""
+    from mnist_cnn.checkpoint import save_model
+    from mnist_cnn.model import MNIST_MEAN, MNIST_STD
+
+    base = {
+        "architecture": architecture,
+        "input": {"mean": MNIST_MEAN, "std": MNIST_STD},
+        "metrics": {"test_accuracy": 0.5},
+    }
+    save_model(model, path, {**base, **metadata})
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a randomly initialised seed CNN (seed 0): loads like any other, fast."""
+    from mnist_cnn.model import MNISTCNN
+
+    torch.manual_seed(0)
+    return save_checkpoint(MNISTCNN(), tmp_path_factory.mktemp("ckpt") / "random.pth")
+
+
 @pytest.fixture
 def cli_help(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
     """``cli_help("train")``: that command's --help text, whitespace collapsed (it must exit 0)."""

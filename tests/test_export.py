@@ -19,7 +19,7 @@ from _imaging import encode, font_digit, gray8, on_paper, seven  # noqa: E402
 from mnist_cnn import export  # noqa: E402
 from mnist_cnn.checkpoint import CheckpointError, load_model, save_model  # noqa: E402
 from mnist_cnn.cli import main  # noqa: E402
-from mnist_cnn.data import to_model_input  # noqa: E402
+from mnist_cnn.data import normalise  # noqa: E402
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN, FastCNN  # noqa: E402
 from mnist_cnn.predict import Predictor  # noqa: E402
 
@@ -49,7 +49,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(test_split) -> torch.Tensor:
-    return to_model_input(test_split.images[:300], MNIST_MEAN, MNIST_STD)
+    return normalise(test_split.images[:300], MNIST_MEAN, MNIST_STD)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,9 @@ def test_predictor_onnx_backend_matches_torch(exported: export.ExportResult, wei
     ]
     torch_predictor = Predictor.from_checkpoint(weights)
     onnx_predictor = Predictor.from_checkpoint(exported.path, backend="onnx", threads=1)
-    assert onnx_predictor.info["backend"] == "onnx"
-    assert onnx_predictor.info["architecture"] == "MNISTCNN"
-    assert onnx_predictor.info["test_accuracy"] == 0.25
+    assert onnx_predictor.info.backend == "onnx"
+    assert onnx_predictor.info.architecture == "MNISTCNN"
+    assert onnx_predictor.info.test_accuracy == 0.25
     for a, b in zip(
         torch_predictor.predict_batch(images), onnx_predictor.predict_batch(images), strict=True
     ):
@@ -131,7 +131,7 @@ def test_predictor_onnx_backend_matches_torch(exported: export.ExportResult, wei
 
 def test_onnx_backend_from_weights_exports_in_memory(weights: Path) -> None:
     predictor = Predictor.from_checkpoint(weights, backend="onnx")
-    assert predictor.info["backend"] == "onnx" and predictor.info["path"] == str(weights)
+    assert predictor.info.backend == "onnx" and predictor.info.path == weights
     reference = Predictor.from_checkpoint(weights).predict(gray8(font_digit(6)))
     assert predictor.predict(gray8(font_digit(6))).digit == reference.digit
 

@@ -33,8 +33,8 @@ from PIL import Image
 
 from mnist_cnn import data
 from mnist_cnn.checkpoint import file_sha256, load_model, save_model
-from mnist_cnn.evaluate import evaluate, logits_of
-from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN
+from mnist_cnn.evaluate import evaluate
+from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN, logits_of
 from mnist_cnn.paths import SHIPPED_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -445,7 +445,7 @@ def test_a_gpu_saved_state_dict_loads_on_the_cpu(gpu_saved: tuple, test_split: d
     model = MNISTCNN()
     model.load_state_dict(state)  # the README's one-liner
     assert all(t.device.type == "cpu" for t in state.values())
-    x = data.to_model_input(test_split.images[:64], MNIST_MEAN, MNIST_STD)
+    x = data.normalise(test_split.images[:64], MNIST_MEAN, MNIST_STD)
     torch.testing.assert_close(logits_of(model, x), logits_of(original, x), rtol=0, atol=0)
     # The package's loader (weights_only, map_location="cpu") takes it as it is.
     loaded = load_model(path)
@@ -475,6 +475,6 @@ def test_a_checkpoint_trained_on_cuda_loads_on_the_cpu(
 
     predictor = Predictor.from_checkpoint(path)
     image = test_split.images[0].numpy()
-    x = data.to_model_input(torch.from_numpy(predictor.prepare(image))[None], MNIST_MEAN, MNIST_STD)
+    x = data.normalise(torch.from_numpy(predictor.prepare(image))[None], MNIST_MEAN, MNIST_STD)
     expected = logits_of(original, x).softmax(1)[0]
     assert predictor.predict(image).probabilities == pytest.approx(expected.tolist(), abs=1e-6)

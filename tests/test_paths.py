@@ -179,7 +179,7 @@ def test_a_wheel_installed_elsewhere_works_on_its_own(tmp_path: Path, clear_digi
     assert "(shipped with the package)" in predicted.stderr
     loaded = run(
         "-c",
-        "from mnist_cnn.predict import Predictor; print(Predictor.from_checkpoint().info['path'])",
+        "from mnist_cnn.predict import Predictor; print(Predictor.from_checkpoint().info.path)",
     )
     assert loaded.returncode == 0 and str(site) in loaded.stdout, loaded.stderr
     # No clone, no ./data/mnist, an empty cache: the error says where it looked and what to do.

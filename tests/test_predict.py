@@ -3,6 +3,7 @@ code included), the API's shapes and batching, and real accuracy on uploads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -11,31 +12,13 @@ import numpy as np
 import pytest
 import torch
 from _imaging import encode, font_digit, gray8, on_paper, seven
+from conftest import save_checkpoint
 
-from mnist_cnn.checkpoint import CheckpointError, save_model
+from mnist_cnn.checkpoint import CheckpointError
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN, FastCNN
 from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Prediction, Predictor
 from mnist_cnn.preprocess import NoDigitError, UnsupportedImageError
-
-
-def _save(model: torch.nn.Module, path: Path, architecture: str) -> Path:
-    save_model(
-        model,
-        path,
-        {
-            "architecture": architecture,
-            "input": {"mean": MNIST_MEAN, "std": MNIST_STD},
-            "metrics": {"test_accuracy": 0.5},
-        },
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    return _save(MNISTCNN(), tmp_path_factory.mktemp("ckpt") / "random.pth", "MNISTCNN")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +92,7 @@ def _missing(random_weights: Path, tmp_path: Path) -> Path:
 
 def _other_architecture(random_weights: Path, tmp_path: Path) -> Path:
     # FastCNN weights whose metadata claims the seed CNN.
-    return _save(FastCNN(), tmp_path / "fast_as_seed.pth", "MNISTCNN").with_suffix(".pth")
+    return save_checkpoint(FastCNN(), tmp_path / "fast_as_seed.pth", "MNISTCNN")
 
 
 def _wrong_shapes(random_weights: Path, tmp_path: Path) -> Path:
@@ -172,7 +155,7 @@ def test_unknown_backend(random_weights: Path) -> None:
 
 
 def test_default_is_the_shipped_model(shipped: Predictor) -> None:
-    assert Path(shipped.info["path"]) == SHIPPED_MODEL
+    assert shipped.info.path == SHIPPED_MODEL
 
 
 # --------------------------------------------------------------------------- the API
@@ -250,13 +233,14 @@ def test_bad_images_raise_image_errors(predictor: Predictor) -> None:
 
 def test_info(predictor: Predictor, random_weights: Path) -> None:
     info = predictor.info
-    assert info["architecture"] == "MNISTCNN"
-    assert info["path"] == str(random_weights)
-    assert info["parameters"] == sum(p.numel() for p in MNISTCNN().parameters())
-    assert info["test_accuracy"] == 0.5
-    assert info["backend"] == "torch"
-    info["backend"] = "changed"
-    assert predictor.info["backend"] == "torch"  # a copy
+    assert info.architecture == "MNISTCNN"
+    assert info.path == random_weights
+    assert info.parameters == sum(p.numel() for p in MNISTCNN().parameters())
+    assert info.test_accuracy == 0.5
+    assert info.backend == "torch"
+    assert (info.mean, info.std) == (predictor.mean, predictor.std) == (0.1307, 0.3081)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.backend = "changed"  # type: ignore[misc]
 
 
 # ------------------------------------------------------------ accuracy (shipped model)

@@ -48,7 +48,7 @@ from mnist_cnn.data import Split
 from mnist_cnn.model import MNISTCNN, count_parameters
 from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor, Unsure
-from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app
+from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app, state
 
 STATIC = Path(web.__file__).parent / "static"
 
@@ -484,7 +484,7 @@ def test_500_is_json_logged_and_the_app_keeps_serving(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    predictor = app.extensions["mnist_cnn"]["predictor"]
+    predictor = state(app).predictor
 
     def broken(image: object) -> None:
         raise RuntimeError("secret internal detail")
@@ -514,7 +514,7 @@ def test_the_model_is_loaded_once_per_process(
     for image, _ in digits[:3]:
         assert post_file(client, png_bytes(image)).status_code == 200
     second = create_app(WebConfig(model_path=SHIPPED_MODEL))
-    assert second.extensions["mnist_cnn"]["predictor"] is app.extensions["mnist_cnn"]["predictor"]
+    assert state(second).predictor is state(app).predictor
 
 
 def test_the_onnx_backend_serves_the_same_answers(

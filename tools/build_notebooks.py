@@ -248,6 +248,7 @@ TRAINING_CONFIG = """
     if EPOCHS is not None:
         overrides["epochs"] = EPOCHS
     config = train.config_for(PRESET, **overrides)
+    train.configure_process(config.threads)  # this notebook is the command: threads, allocator
     device = train.resolve_device(config.device)
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"{config.architecture}, {PRESET} preset, {config.epochs} epochs on {device}{gpu}")
@@ -278,10 +279,10 @@ TRAINING_CPU_CHECK = """
     weights = Path(result.outputs["model"])
     cpu_model = model.build_model(loaded.architecture)  # MNISTCNN() with the default preset
     cpu_model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    sample = data.to_model_input(test_split.images[:256], loaded.mean, loaded.std)
+    sample = data.normalise(test_split.images[:256], loaded.mean, loaded.std)
     torch.testing.assert_close(
-        evaluate.logits_of(cpu_model, sample),
-        evaluate.logits_of(loaded.model, sample),
+        model.logits_of(cpu_model, sample),
+        model.logits_of(loaded.model, sample),
         rtol=1e-4,
         atol=1e-4,
     )
@@ -459,9 +460,9 @@ WEB_APP_MODEL = """
         model_path = train.train(config, progress=True, log=print).outputs["model"]
 
     predictor = Predictor.from_checkpoint(model_path)
-    accuracy = predictor.info["test_accuracy"]
+    accuracy = predictor.info.test_accuracy
     print(
-        f"{predictor.info['architecture']} from {model_path}"
+        f"{predictor.info.architecture} from {model_path}"
         + (f", {100 * accuracy:.2f}% on the MNIST test set" if accuracy else "")
     )
 """

@@ -16,6 +16,7 @@ import hashlib
 import json
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,83 @@ class CheckpointError(Exception):
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A model ready for inference (eval mode, on ``device``) and what is known about it."""
+class ModelInfo:
+    """What is known about a model, read once from its checkpoint (the JSON beside the
+    weights, or an ONNX file's metadata): the Predictor carries it, and ``mnist-cnn
+    predict``, the API's ``/api/model``, the page and Gradio show it."""
 
-    model: nn.Module
     path: Path
     architecture: str
-    mean: float
+    mean: float  # the input normalisation it was trained with
     std: float
-    metadata: dict[str, Any] = field(default_factory=dict)
+    parameters: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)  # test_accuracy, val_loss...
+    backend: str = "torch"  # what runs it: "torch" or "onnx"
+    # The checkpoint's whole JSON ({} for a seed-format state_dict without one).
+    metadata: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """Accuracy on the MNIST test set when the checkpoint records it."""
+        value = self.metrics.get("test_accuracy")
+        return None if value is None else float(value)
+
+    @classmethod
+    def from_metadata(
+        cls,
+        path: Path,
+        metadata: Mapping[str, Any],
+        *,
+        architecture: str,
+        parameters: int | None,
+        backend: str = "torch",
+    ) -> ModelInfo:
+        """The facts of a checkpoint's JSON; a model without one gets MNIST's normalisation."""
+        normalisation = metadata.get("input") or {}
+        return cls(
+            path=path,
+            architecture=architecture,
+            mean=float(normalisation.get("mean", MNIST_MEAN)),
+            std=float(normalisation.get("std", MNIST_STD)),
+            parameters=parameters,
+            metrics=dict(metadata.get("metrics") or {}),
+            backend=backend,
+            metadata=metadata,
+        )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference (eval mode, on its device) and what is known about it."""
+
+    model: nn.Module
+    info: ModelInfo
+
+    # The facts most callers want, without the ``.info``.
+    @property
+    def path(self) -> Path:
+        """The weights file."""
+        return self.info.path
+
+    @property
+    def architecture(self) -> str:
+        """The network's name in ``model.ARCHITECTURES``."""
+        return self.info.architecture
+
+    @property
+    def mean(self) -> float:
+        """Input normalisation: the mean the model was trained with."""
+        return self.info.mean
+
+    @property
+    def std(self) -> float:
+        """Input normalisation: the standard deviation the model was trained with."""
+        return self.info.std
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The JSON beside the weights ({} when there is none)."""
+        return self.info.metadata
 
 
 def metadata_path(weights_path: str | Path) -> Path:
@@ -171,14 +240,13 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
             f"{path}: these weights do not fit the {architecture} architecture ({detail}). "
             f"Is this a checkpoint of another model?"
         ) from exc
-    normalisation = meta.get("input", {})
-    return LoadedModel(
-        # Channels-last weights match the channels-last inputs of ``evaluate.logits_of``:
-        # oneDNN then skips converting every convolution's weights on every call.
-        model=model.to(device, memory_format=torch.channels_last).eval(),
-        path=path,
+    # Channels-last weights match the channels-last inputs of ``model.logits_of``: oneDNN
+    # then skips converting every convolution's weights on every call.
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    info = ModelInfo.from_metadata(
+        path,
+        meta,
         architecture=architecture,
-        mean=float(normalisation.get("mean", MNIST_MEAN)),
-        std=float(normalisation.get("std", MNIST_STD)),
-        metadata=meta,
+        parameters=sum(p.numel() for p in model.parameters()),
     )
+    return LoadedModel(model, info)

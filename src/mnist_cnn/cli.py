@@ -133,7 +133,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from mnist_cnn.data import DatasetError
-    from mnist_cnn.train import TrainConfig, TrainingError, config_for, train
+    from mnist_cnn.train import TrainConfig, TrainingError, config_for, configure_process, train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
@@ -142,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         return _fail(str(exc))
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    configure_process(config.threads)
     print(f"training {config.architecture} ({args.preset} preset) for {config.epochs} epochs")
     try:
         # Flushed per line: a log piped to `tee` or a file shows each epoch as it ends.
@@ -185,14 +186,11 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import torch
-
     from mnist_cnn import data
     from mnist_cnn.checkpoint import CheckpointError, load_model
     from mnist_cnn.evaluate import build_report, evaluate, write_report
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _use_threads(args.threads)
     try:
         loaded = load_model(_model_path(args.model))
         test = data.load_split("test", args.data_dir)
@@ -441,6 +439,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         return _fail("--batch-size must be at least 1")
+    _use_threads(args.threads)
     try:
         predictor = Predictor.from_checkpoint(
             _model_path(getattr(args, "model", None)),
@@ -494,7 +493,12 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         info = predictor.info
         document = {
-            "model": {k: info[k] for k in ("path", "architecture", "backend", "test_accuracy")},
+            "model": {
+                "path": str(info.path),
+                "architecture": info.architecture,
+                "backend": info.backend,
+                "test_accuracy": info.test_accuracy,
+            },
             "results": results,
             "predicted": len(results) - failed,
             "failed": failed,
@@ -585,7 +589,7 @@ def _gradio(args: argparse.Namespace) -> int:
     except (ImportError, CheckpointError) as exc:
         return _fail(str(exc))
     info = predictor.info
-    print(f"model: {info['path']} ({info['architecture']})")
+    print(f"model: {info.path} ({info.architecture})")
     try:
         launch(build_interface(predictor), host=args.host, port=args.port, share=args.share)
     except OSError as exc:  # the port is taken, or the address is not this machine's
@@ -610,6 +614,17 @@ def _model_path(given: str | None) -> Path:
     found = find_model(given)
     print(f"using model {found.describe()}", file=sys.stderr)
     return found.path
+
+
+def _use_threads(threads: int) -> None:
+    """The command's CPU threads (0: the libraries' default, one per core). Thread pools are
+    process-wide: the command that owns the process sets them, never the library."""
+    if threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)  # the image front end's pool
 
 
 def _fail(message: str) -> int:

@@ -27,6 +27,12 @@ import torch.nn.functional as F
 
 from mnist_cnn import atomic, paths
 
+# MNIST's training-set pixel statistics over [0, 1]. Every model here is trained on inputs
+# standardised with them (``normalise``); each checkpoint's metadata records the values it
+# was trained with, and whoever prepares inputs for it reads them from there.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
 # SHA-256 of the *decompressed* IDX files. The bundled .gz files and the canonical ones from the
 # mirrors have different gzip headers but decompress to these exact bytes.
 FILES: dict[str, str] = {
@@ -287,13 +293,21 @@ def stratified_split(
 # --------------------------------------------------------------------------- batching
 
 
-def to_model_input(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) images -> normalised (N, 1, 28, 28)."""
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255.0)
-    if images.dim() == 3:
-        images = images.unsqueeze(1)
-    return (images - mean) / std
+def normalise(
+    images: torch.Tensor | np.ndarray, mean: float = MNIST_MEAN, std: float = MNIST_STD
+) -> torch.Tensor:
+    """MNIST-like images -> the network's input: float (N, 1, 28, 28), scaled to [0, 1], then
+    standardised with ``mean`` and ``std`` (the checkpoint's; MNIST's by default).
+
+    The one place the normalisation is written: training batches, evaluation, the Predictor
+    and the ONNX check all call it. ``images`` are uint8 (28, 28), (N, 28, 28) or
+    (N, 1, 28, 28) (a tensor or a NumPy array), or float tensors already in [0, 1].
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    x = x.reshape(-1, 1, *x.shape[-2:])
+    return (x - mean) / std
 
 
 # The default augmentation. Shifts stay small (6% of 28 pixels: up to 1.7 px) because every
@@ -388,13 +402,13 @@ def batches(
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        x = split.images[idx].float().div_(255.0).unsqueeze_(1)
+        x = split.images[idx].float().div_(255.0).unsqueeze_(1)  # [0, 1], augmented as such
         if augment:
             assert generator is not None
             x = random_affine(x, generator, max_translate=max_translate)
             if strokes:
                 x = random_strokes(x, generator)
-        yield (x - mean) / std, split.labels[idx]
+        yield normalise(x, mean, std), split.labels[idx]
 
 
 # --------------------------------------------------------------------------- finding the data

@@ -16,31 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn import atomic
-from mnist_cnn.data import Split, to_model_input
-from mnist_cnn.model import NUM_CLASSES
-
-# Inference runs in chunks of this many images: small enough that each layer's activations
-# stay in cache (bigger batches are slower on CPU), big enough to amortise per-call overhead.
-INFERENCE_BATCH = 256
-
-
-@torch.inference_mode()
-def logits_of(
-    model: nn.Module, inputs: torch.Tensor, batch_size: int = INFERENCE_BATCH
-) -> torch.Tensor:
-    """Logits (N, 10) for normalised inputs (N, 1, 28, 28), in eval mode, chunked.
-
-    Channels-last memory format makes oneDNN's convolutions several times faster on CPU.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for chunk in inputs.split(batch_size):
-        x = chunk.to(device).contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, NUM_CLASSES)
+from mnist_cnn.data import Split, normalise
+from mnist_cnn.model import INFERENCE_BATCH, NUM_CLASSES, logits_of
 
 
 @dataclass(frozen=True)
@@ -64,7 +41,7 @@ def evaluate(
 ) -> EvalResult:
     """Cross-entropy loss and accuracy of ``model`` on ``split``."""
     start = time.perf_counter()
-    logits = logits_of(model, to_model_input(split.images, mean, std), batch_size)
+    logits = logits_of(model, normalise(split.images, mean, std), batch_size)
     loss = F.cross_entropy(logits, split.labels).item() if len(split) else float("nan")
     probabilities = logits.softmax(1)
     accuracy = (probabilities.argmax(1) == split.labels).float().mean().item()

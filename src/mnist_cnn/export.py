@@ -30,9 +30,8 @@ from torch import nn
 
 from mnist_cnn import atomic
 from mnist_cnn.checkpoint import CheckpointError, LoadedModel, file_sha256, load_model
-from mnist_cnn.evaluate import logits_of
 from mnist_cnn.extras import install_hint
-from mnist_cnn.model import INPUT_SIZE
+from mnist_cnn.model import INPUT_SIZE, logits_of
 
 PARITY_TOLERANCE = 1e-4
 OPSET = 18
@@ -182,14 +181,13 @@ def parity_inputs(count: int = 512) -> torch.Tensor:
     """Real MNIST test digits when the bundled data is there (else seeded noise), normalised
     with the standard MNIST statistics."""
     from mnist_cnn import data
-    from mnist_cnn.model import MNIST_MEAN, MNIST_STD
 
     try:
         images = data.load_split("test").images[:count]
     except data.DatasetError:
         images = torch.randint(0, 256, (count, 28, 28), generator=torch.Generator().manual_seed(0))
         images = images.to(torch.uint8)
-    return data.to_model_input(images, MNIST_MEAN, MNIST_STD)
+    return data.normalise(images)
 
 
 def export_onnx(

@@ -193,8 +193,8 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
         return classify(predictor, image, scale=DISPLAY_SCALE)
 
     info = predictor.info
-    accuracy = info.get("test_accuracy")
-    about = f"Model: {info.get('architecture', '?')}" + (
+    accuracy = info.test_accuracy
+    about = f"Model: {info.architecture}" + (
         f", {100 * accuracy:.2f}% on the MNIST test set" if accuracy else ""
     )
     with gr.Blocks(title=title, analytics_enabled=False) as demo:

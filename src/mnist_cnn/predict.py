@@ -14,20 +14,25 @@ Two backends run the network: PyTorch (``backend="torch"``) and ONNX Runtime
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-from mnist_cnn.checkpoint import CheckpointError, find_model, load_model, metadata_path
-from mnist_cnn.evaluate import logits_of
+from mnist_cnn.checkpoint import (
+    CheckpointError,
+    ModelInfo,
+    find_model,
+    load_model,
+    metadata_path,
+)
 from mnist_cnn.extras import install_hint
-from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES
+from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES, logits_of
 from mnist_cnn.preprocess import MAX_PIXELS, ImageSource, Located, normalise, prepare
 from mnist_cnn.unsure import Unsure, UnsurePolicy, assess
 
@@ -103,17 +108,13 @@ class Predictor:
     def __init__(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
-        mean: float,
-        std: float,
-        info: dict[str, Any],
+        info: ModelInfo,
         max_pixels: int = MAX_PIXELS,
         policy: UnsurePolicy | None = None,
     ) -> None:
         self._forward = forward
-        self.mean = mean
-        self.std = std
+        self.info = info
         self.max_pixels = max_pixels
-        self._info = info
         # When to answer "not sure"; the checkpoint's own calibration, or never.
         self.policy = policy or UnsurePolicy()
 
@@ -128,11 +129,11 @@ class Predictor:
         """Load a checkpoint for inference (default: ``paths.find_model``'s choice: the
         working directory's models/, else the model shipped in the package).
 
-        ``path`` is a ``.pth`` state_dict (its ``.json`` metadata beside it) or, with
-        ``backend="onnx"``, also a ``.onnx`` file from ``mnist-cnn export``. ``threads`` sets
-        the CPU threads: for ONNX Runtime per session, for PyTorch process-wide
-        (``torch.set_num_threads``). Raises ``CheckpointError``, and ``ValueError`` for an
-        unknown backend.
+        ``path`` is a ``.pth`` state_dict (its ``.json`` metadata beside it), a training
+        run's directory or, with ``backend="onnx"``, also a ``.onnx`` file from ``mnist-cnn
+        export``. ``threads`` are ONNX Runtime's, per session; PyTorch's and OpenCV's thread
+        pools are process-wide, so the command that owns the process sets them. Raises
+        ``CheckpointError``, and ``ValueError`` for an unknown backend.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -141,34 +142,15 @@ class Predictor:
             return cls._from_onnx(path, threads, max_pixels)
         if path.suffix == ".onnx":
             raise CheckpointError(f"{path}: an ONNX model needs backend='onnx'.")
-        if threads:
-            torch.set_num_threads(threads)
-            # OpenCV (the front end) has a thread pool of its own, one thread per core by
-            # default: a server's one-thread workers would otherwise each start several.
-            cv2.setNumThreads(threads)
-        loaded = load_model(path)
-        # Channels-last weights as well as inputs: oneDNN then skips a layout conversion of
-        # every convolution's weights on every call (about twice the batched throughput).
-        model = loaded.model.to(memory_format=torch.channels_last)
-        info = {
-            "architecture": loaded.architecture,
-            "path": str(loaded.path),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "test_accuracy": loaded.metadata.get("metrics", {}).get("test_accuracy"),
-            "metrics": loaded.metadata.get("metrics", {}),
-            "mean": loaded.mean,
-            "std": loaded.std,
-            "backend": "torch",
-        }
-        policy = _policy(loaded.metadata, path)
-        return cls(lambda x: logits_of(model, x), loaded.mean, loaded.std, info, max_pixels, policy)
+        loaded = load_model(path)  # eval mode, channels-last weights
+        model = loaded.model
+        return cls(
+            lambda x: logits_of(model, x), loaded.info, max_pixels, _policy(loaded.metadata, path)
+        )
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None, max_pixels: int) -> Predictor:
         from mnist_cnn import export
-
-        if threads:
-            cv2.setNumThreads(threads)  # as for PyTorch: the front end's thread pool
 
         if path.suffix == ".onnx":
             if not path.is_file():
@@ -177,46 +159,48 @@ class Predictor:
                 )
             model_bytes = path.read_bytes()
             meta = _onnx_metadata(path, model_bytes)
-            architecture = meta.get("architecture", "unknown")
-            mean = float(meta.get("mean", MNIST_MEAN))
-            std = float(meta.get("std", MNIST_STD))
             # The JSON beside a .pth describes this ONNX file only if it was exported from
             # those very weights; otherwise the metrics embedded at export time apply.
             sidecar = metadata_path(path)
-            metrics, side_meta = {}, {}
+            side_meta: dict[str, Any] = {}
             if sidecar.is_file():
                 try:
                     side = json.loads(sidecar.read_text())
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     side = {}
-                if side.get("weights_sha256") == meta.get("source_weights_sha256"):
-                    metrics, side_meta = side.get("metrics", {}), side
+                if isinstance(side, dict) and (
+                    side.get("weights_sha256") == meta.get("source_weights_sha256")
+                ):
+                    side_meta = side
+            metrics = dict(side_meta.get("metrics") or {})
             if not metrics and "test_accuracy" in meta:
                 metrics = {"test_accuracy": float(meta["test_accuracy"])}
-            parameters = int(meta["parameters"]) if "parameters" in meta else None
+            info = ModelInfo(
+                path=path,
+                architecture=meta.get("architecture", "unknown"),
+                mean=float(meta.get("mean", MNIST_MEAN)),
+                std=float(meta.get("std", MNIST_STD)),
+                parameters=int(meta["parameters"]) if "parameters" in meta else None,
+                metrics=metrics,
+                backend="onnx",
+                metadata=side_meta,
+            )
         else:
             loaded = load_model(path)
             model_bytes = export.onnx_bytes(loaded.model, metadata=export.onnx_metadata(loaded))
-            architecture, mean, std = loaded.architecture, loaded.mean, loaded.std
-            metrics, side_meta = loaded.metadata.get("metrics", {}), loaded.metadata
-            parameters = sum(p.numel() for p in loaded.model.parameters())
+            info = dataclasses.replace(loaded.info, backend="onnx")
         run = export.onnx_runner(model_bytes, threads=threads, what=str(path))
-        info = {
-            "architecture": architecture,
-            "path": str(path),
-            "parameters": parameters,
-            "test_accuracy": metrics.get("test_accuracy"),
-            "metrics": metrics,
-            "mean": mean,
-            "std": std,
-            "backend": "onnx",
-        }
-        return cls(run, mean, std, info, max_pixels, _policy(side_meta, path))
+        return cls(run, info, max_pixels, _policy(info.metadata, path))
 
     @property
-    def info(self) -> dict[str, Any]:
-        """Architecture, path, parameter count, metrics (test_accuracy), normalisation, backend."""
-        return dict(self._info)
+    def mean(self) -> float:
+        """The input normalisation's mean (the checkpoint's)."""
+        return self.info.mean
+
+    @property
+    def std(self) -> float:
+        """The input normalisation's standard deviation (the checkpoint's)."""
+        return self.info.std
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (N, 10) for normalised inputs (N, 1, 28, 28), in chunks (no preprocessing)."""
@@ -242,7 +226,7 @@ class Predictor:
         inputs = np.asarray(inputs, dtype=np.uint8).reshape(-1, 28, 28)
         if len(inputs) == 0:
             return []
-        logits = self._forward(normalise(inputs, self.mean, self.std))
+        logits = self._forward(normalise(inputs, self.info.mean, self.info.std))
         if logits.shape != (len(inputs), NUM_CLASSES):
             raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)}")
         reasons = assess(logits, inputs, self.policy, marks)
@@ -273,7 +257,7 @@ class Predictor:
         return self.predict_located([self.locate(image) for image in images])
 
 
-def _policy(metadata: dict[str, Any], path: Path) -> UnsurePolicy:
+def _policy(metadata: Mapping[str, Any], path: Path) -> UnsurePolicy:
     """The checkpoint's "not sure" thresholds (never unsure when it has none)."""
     try:
         return UnsurePolicy.from_metadata(metadata.get("unsure"))

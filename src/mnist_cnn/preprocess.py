@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from mnist_cnn.data import normalise
 from mnist_cnn.decode import (
     MAX_PIXELS,
     Decoded,
@@ -74,10 +75,3 @@ def preprocess(
     """
     image = prepare(source, max_pixels).image
     return normalise(image, mean, std)[0], image
-
-
-def normalise(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """uint8 (28, 28) or (N, 28, 28) MNIST-like images -> normalised float (N, 1, 28, 28)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    x = x.reshape(-1, 1, FIELD, FIELD)
-    return (x - mean) / std

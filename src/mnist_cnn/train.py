@@ -29,7 +29,6 @@ from torch import nn
 
 from mnist_cnn import atomic, data
 from mnist_cnn.checkpoint import save_model
-from mnist_cnn.evaluate import evaluate
 from mnist_cnn.model import (
     ARCHITECTURES,
     INPUT_SIZE,
@@ -37,6 +36,7 @@ from mnist_cnn.model import (
     MNIST_STD,
     build_model,
     count_parameters,
+    logits_of,
 )
 
 SCHEDULES = ("onecycle", "constant")
@@ -71,7 +71,9 @@ class TrainConfig:
     # train on this many images only (0: all); for quick runs and tests
     train_subset: int = _option(0, minimum=0)
     seed: int = 0
-    threads: int = _option(0, minimum=0)  # torch intra-op threads (0: one per core)
+    # torch intra-op threads (0: one per core); process-wide, so the command sets them
+    # (configure_process), not train()
+    threads: int = _option(0, minimum=0)
     device: str = _option("auto", choices=DEVICES)  # auto picks cuda, then mps, then cpu
     data_dir: str = ""  # empty: paths.find_data (./data/mnist, the clone's copy, the cache)
     model_path: str = "models/mnist_cnn_model.pth"
@@ -140,6 +142,16 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def configure_process(threads: int = 0) -> None:
+    """The process-wide settings of a training command (``mnist-cnn train``, the benchmarks,
+    the notebooks), which the library's ``train`` leaves alone: torch's intra-op threads
+    (``TrainConfig.threads``; 0 keeps torch's default, one per core) and an allocator that
+    keeps freed memory (``keep_freed_memory``)."""
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -218,6 +230,22 @@ OUTLIER_BANK = 12_000
 OUTLIER_SHARE = 4  # one outlier per this many digits in a batch
 
 
+@dataclass(frozen=True)
+class Score:
+    """Loss and accuracy on a held-out split."""
+
+    loss: float
+    accuracy: float
+
+
+def _score(model: nn.Module, split: data.Split) -> Score:
+    # Validation after each epoch and the test at the end need only these two numbers; the
+    # full report (per class, confusion, mistakes) is ``mnist_cnn.evaluate``'s, run after.
+    logits = logits_of(model, data.normalise(split.images))
+    loss = F.cross_entropy(logits, split.labels).item()
+    return Score(loss, (logits.argmax(1) == split.labels).float().mean().item())
+
+
 def uniform_loss(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy to the uniform distribution over the classes, minus its minimum
     (log C), so that it is 0 when the network answers "all equally likely"."""
@@ -257,9 +285,6 @@ def train(
         raise TrainingError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
     if not (math.isfinite(config.outlier_weight) and config.outlier_weight >= 0):
         raise TrainingError(f"outlier weight must be 0 or more, got {config.outlier_weight}")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    keep_freed_memory()
     device = resolve_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
@@ -328,7 +353,7 @@ def train(
                 if outliers is not None:
                     pick = torch.randint(len(outliers), (n_out,), generator=gen)
                     xo = data.random_affine(outliers[pick], gen)
-                    x = torch.cat([x, (xo - MNIST_MEAN) / MNIST_STD])
+                    x = torch.cat([x, data.normalise(xo)])
                 x = x.to(device, memory_format=memory_format)
                 # One forward pass over digits and outliers: batch statistics (FastCNN's
                 # batch norm) and the cost per image stay those of one batch.
@@ -350,7 +375,7 @@ def train(
                 bar.update()
             bar.close()
             train_seconds = time.perf_counter() - t0
-            val = evaluate(model, val_set, MNIST_MEAN, MNIST_STD)
+            val = _score(model, val_set)
             epoch_seconds = time.perf_counter() - t0
             result.seconds += epoch_seconds
             record = {
@@ -400,7 +425,7 @@ def train(
         return result
 
     test_set = data.load_split("test", config.data_dir or None)
-    test = evaluate(model, test_set, MNIST_MEAN, MNIST_STD)
+    test = _score(model, test_set)
     result.test_accuracy, result.test_loss = test.accuracy, test.loss
     result.outputs = write_outputs(
         model, result, device, len(train_set), len(val_set), len(test_set)
@@ -471,6 +496,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "config_for",
+    "configure_process",
     "keep_freed_memory",
     "train",
 ]

@@ -13,7 +13,6 @@ clear message instead of answering requests with errors.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from mnist_cnn import __version__
 if TYPE_CHECKING:
     from flask import Flask, Response
 
+    from mnist_cnn.checkpoint import ModelInfo
     from mnist_cnn.predict import Predictor
 
 # 10 MB: a full-resolution phone photo fits; anything larger is refused before it is read.
@@ -40,17 +40,13 @@ class WebConfig:
     model_path: Path | None = None
     # The Predictor's backend ("torch", or "onnx" when the ONNX extra is installed).
     backend: str = "torch"
-    # Torch threads of this process (process-wide), 0: leave them as they are. The
-    # production server sets 1: it gets its parallelism from concurrent requests in worker
-    # processes, and intra-op threads on top would fight over the same cores.
-    torch_threads: int = 0
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     # Log one line per prediction (digit, confidence, top 3, elapsed, model file).
     log_predictions: bool = True
 
 
-# The process-wide model cache: (path, backend, threads) -> Predictor.
-_PREDICTORS: dict[tuple[str, str, int], Predictor] = {}
+# The process-wide model cache: (path, backend) -> Predictor.
+_PREDICTORS: dict[tuple[str, str], Predictor] = {}
 _PREDICTORS_LOCK = threading.Lock()
 
 
@@ -63,53 +59,70 @@ def get_predictor(config: WebConfig) -> Predictor:
     from mnist_cnn.predict import Predictor
 
     path = find_model(config.model_path).path
-    key = (str(path.resolve()), config.backend, config.torch_threads)
+    key = (str(path.resolve()), config.backend)
     with _PREDICTORS_LOCK:
         # The lock makes concurrent first requests (or apps) load the model once, not twice.
         predictor = _PREDICTORS.get(key)
         if predictor is None:
-            predictor = Predictor.from_checkpoint(
-                path, backend=config.backend, threads=config.torch_threads or None
-            )
+            predictor = Predictor.from_checkpoint(path, backend=config.backend)
             _PREDICTORS[key] = predictor
     return predictor
 
 
-def model_info(predictor: Predictor) -> dict[str, Any]:
-    """What ``/api/model`` says: the Predictor's facts plus the checkpoint's JSON metadata.
+def model_info(info: ModelInfo) -> dict[str, Any]:
+    """What ``/api/model`` says: the model's facts and its checkpoint's JSON metadata.
 
     The per-epoch training history is left out (it is long and for plots, not clients), and
     the server's directories are not disclosed: only the model's file name.
     """
-    from mnist_cnn.checkpoint import metadata_path
-
-    info = predictor.info
-    path = Path(str(info.get("path", "")))
-    metadata: dict[str, Any] = {}
-    try:
-        loaded = json.loads(metadata_path(path).read_text())
-        if isinstance(loaded, dict):
-            metadata = loaded
-    except (OSError, ValueError):
-        pass  # a seed-format model has no metadata; the Predictor's facts stand alone
-    metadata.pop("history", None)
+    metadata = {k: v for k, v in info.metadata.items() if k != "history"}
     training = metadata.get("training")
     if isinstance(training, dict):
         metadata["training"] = {
             k: v for k, v in training.items() if k not in ("model_path", "report_dir", "data_dir")
         }
     return {
-        "architecture": info.get("architecture"),
-        "file": path.name,
-        "backend": info.get("backend"),
-        "parameters": info.get("parameters"),
-        "test_accuracy": info.get(
-            "test_accuracy", (info.get("metrics") or {}).get("test_accuracy")
-        ),
-        "metrics": info.get("metrics") or {},
-        "input": {"mean": info.get("mean"), "std": info.get("std")},
+        "architecture": info.architecture,
+        "file": info.path.name,
+        "backend": info.backend,
+        "parameters": info.parameters,
+        "test_accuracy": info.test_accuracy,
+        "metrics": dict(info.metrics),
+        "input": {"mean": info.mean, "std": info.std},
         "metadata": metadata,
     }
+
+
+def model_summary(info: ModelInfo) -> dict[str, Any]:
+    """What each prediction (and the page) says about the model that made it."""
+    return {
+        "architecture": info.architecture,
+        "file": info.path.name,
+        "backend": info.backend,
+        "test_accuracy": info.test_accuracy,
+    }
+
+
+@dataclass(frozen=True)
+class AppState:
+    """What the views need, built once per app and kept in ``app.extensions`` (``state()``
+    reads it back): never a module global, so two apps in one process can differ."""
+
+    config: WebConfig
+    predictor: Predictor
+    model_info: dict[str, Any]  # the body of /api/model
+    model_summary: dict[str, Any]  # what every prediction says about its model
+    started: float  # time.time() at creation, for /api/health's uptime
+    version: str
+
+
+def state(app: Flask | None = None) -> AppState:
+    """The ``AppState`` of ``app`` (default: the app handling the current request)."""
+    if app is None:
+        from flask import current_app
+
+        app = current_app
+    return app.extensions["mnist_cnn"]
 
 
 def create_app(config: WebConfig | None = None) -> Flask:
@@ -135,17 +148,14 @@ def create_app(config: WebConfig | None = None) -> Flask:
     from mnist_cnn.web import api, errors, pages
 
     predictor = get_predictor(config)
-    info = model_info(predictor)
-    # What the views need travels with the app (``current_app.extensions``), never in a
-    # module global: two apps in one process can have different settings.
-    app.extensions["mnist_cnn"] = {
-        "config": config,
-        "predictor": predictor,
-        "model_info": info,
-        "model_summary": api.model_summary(info),
-        "started": time.time(),
-        "version": __version__,
-    }
+    app.extensions["mnist_cnn"] = AppState(
+        config=config,
+        predictor=predictor,
+        model_info=model_info(predictor.info),
+        model_summary=model_summary(predictor.info),
+        started=time.time(),
+        version=__version__,
+    )
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
@@ -172,4 +182,4 @@ def create_app(config: WebConfig | None = None) -> Flask:
     return app
 
 
-__all__ = ["MAX_UPLOAD_BYTES", "WebConfig", "create_app", "get_predictor"]
+__all__ = ["MAX_UPLOAD_BYTES", "AppState", "WebConfig", "create_app", "get_predictor", "state"]

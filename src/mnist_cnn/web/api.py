@@ -28,9 +28,10 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Request, current_app, request
+from flask import Blueprint, Request, request
 from PIL import Image
 
+from mnist_cnn.web import state
 from mnist_cnn.web.errors import ApiError
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -38,10 +39,6 @@ log = logging.getLogger("mnist_cnn.web")
 
 # Body types sent as the raw image bytes.
 RAW_IMAGE_TYPES = ("application/octet-stream",)
-
-
-def _state() -> dict[str, Any]:
-    return current_app.extensions["mnist_cnn"]
 
 
 def decode_data_url(value: str) -> bytes:
@@ -132,24 +129,18 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def model_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """What each prediction says about the model that made it (from ``model_info``)."""
-    keys = ("architecture", "file", "backend", "test_accuracy")
-    return {key: info.get(key) for key in keys}
-
-
 @bp.post("/predict")
 def predict() -> dict[str, Any]:
     """Classify one image; see the module docstring for the accepted forms."""
     started = time.perf_counter()
-    state = _state()
+    app = state()
     data, source = read_image(request)
-    prediction = state["predictor"].predict(data)
+    prediction = app.predictor.predict(data)
     body = prediction.to_dict()
     body["input_28x28"] = png_data_url(prediction.model_input)
-    body["model"] = state["model_summary"]
+    body["model"] = app.model_summary
     body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
-    if state["config"].log_predictions:
+    if app.config.log_predictions:
         top3 = ",".join(f"{d}:{p:.4f}" for d, p in prediction.top3)
         # "status=unsure reason=ambiguous": grep-able, and one line per prediction as before.
         status = prediction.status
@@ -164,7 +155,7 @@ def predict() -> dict[str, Any]:
             top3,
             body["elapsed_ms"],
             source,
-            state["model_summary"]["file"],
+            app.model_summary["file"],
         )
     return body
 
@@ -172,16 +163,16 @@ def predict() -> dict[str, Any]:
 @bp.get("/health")
 def health() -> dict[str, Any]:
     """Liveness and readiness: the app only exists once its model is loaded."""
-    state = _state()
+    app = state()
     return {
         "status": "ok",
-        "model": state["model_summary"]["file"],
-        "version": state["version"],
-        "uptime_s": round(time.time() - state["started"], 1),
+        "model": app.model_summary["file"],
+        "version": app.version,
+        "uptime_s": round(time.time() - app.started, 1),
     }
 
 
 @bp.get("/model")
 def model() -> dict[str, Any]:
     """The checkpoint's metadata and test accuracy."""
-    return _state()["model_info"]
+    return state().model_info

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, render_template
+
+from mnist_cnn.web import state
 
 bp = Blueprint("pages", __name__)
 
@@ -10,9 +12,7 @@ bp = Blueprint("pages", __name__)
 @bp.get("/")
 def index() -> str:
     """The page where a person drops a photo or draws a digit."""
-    state = current_app.extensions["mnist_cnn"]
+    app = state()
     return render_template(
-        "index.html",
-        model=state["model_summary"],
-        max_upload_bytes=state["config"].max_upload_bytes,
+        "index.html", model=app.model_summary, max_upload_bytes=app.config.max_upload_bytes
     )

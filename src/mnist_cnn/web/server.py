@@ -20,9 +20,9 @@ thread, 3.2 ms of CPU per prediction, 586 predictions/s, p99 26 ms; 2 x 2 thread
   its memory and PyTorch's (about 160 MB of anonymous memory that copy-on-write keeps
   shared; ``gc.freeze`` keeps the collector from touching it), so the parent and two
   workers use about 290 MB with every physical page counted once (``load_test.py``).
-  ``mnist-cnn serve`` re-executes itself as ``python -m mnist_cnn.web.server`` first, so
-  that what the rest of the command line imported (matplotlib, for training) is not part
-  of it.
+  ``mnist-cnn serve`` imports only what serving needs (its parser builds the serve
+  options alone), so nothing else the command line can run (matplotlib, for training) is
+  part of it.
 - One torch thread per worker: parallelism comes from the processes; intra-op threads on
   top would fight over the same cores, and forking a process whose OpenMP pool has
   started is unsafe.
@@ -48,7 +48,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import RawArray
 from pathlib import Path
@@ -56,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app
+from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app, state
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -265,6 +264,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _one_thread_per_worker() -> None:
+    # Process-wide, hence here and not in the library: parallelism comes from the worker
+    # processes, so each has one intra-op thread for torch and one for OpenCV (whose pool
+    # would otherwise start a thread per core in every worker).
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
 def serve(config: ServeConfig) -> None:
     """Load the model, listen, and serve until SIGINT or SIGTERM.
 
@@ -280,18 +290,20 @@ def serve(config: ServeConfig) -> None:
         raise ServerError(f"--port must be between 0 and 65535, not {config.port}")
     # Load the model before listening: a broken checkpoint fails here, with its message,
     # and the workers forked below inherit the loaded model.
+    # The server owns its process: one torch and one OpenCV thread, before the model loads
+    # and before any fork (see the module docstring).
+    _one_thread_per_worker()
     app = create_app(
         WebConfig(
             model_path=config.model,
             backend=config.backend,
-            torch_threads=1,
             max_upload_bytes=config.max_request_bytes,
         )
     )
     # One forward pass now, in the parent: PyTorch's lazy initialisation (kernel selection,
     # buffers) then happens once, and no worker's first user waits for it.
-    app.extensions["mnist_cnn"]["predictor"].predict_inputs(np.zeros((1, 28, 28), np.uint8))
-    summary = app.extensions["mnist_cnn"]["model_summary"]
+    state(app).predictor.predict_inputs(np.zeros((1, 28, 28), np.uint8))
+    summary = state(app).model_summary
     sock = listening_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -318,23 +330,3 @@ def serve(config: ServeConfig) -> None:
             _supervise(app, sock, config)
     finally:
         sock.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mnist_cnn.web.server [options]``: ``mnist-cnn serve`` without the rest of
-    the command line (what ``mnist-cnn serve`` re-executes as); the same options."""
-    import argparse
-
-    from mnist_cnn import cli
-
-    parser = argparse.ArgumentParser(prog="mnist-cnn")
-    cli._add_serve_parser(parser.add_subparsers(required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy's: one set of classes.
-    from mnist_cnn.web.server import main as _main
-
-    raise SystemExit(_main())
