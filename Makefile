@@ -30,12 +30,17 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# Training writes a model without "unsure" thresholds; calibration measures them for it
-# (on validation renders and non-digits, never the test set) and adds them to its JSON.
+# Training writes its run to runs/default/, a model without "unsure" thresholds; calibration
+# measures them for it (on validation renders and non-digits, never the test set) and adds
+# them to its JSON; promotion then makes it the model the commands here use (./models/).
+RUN ?= default
+
 train: venv
-	$(BIN)/mnist-cnn train
-	$(BIN)/python tools/calibrate_unsure.py
-	@echo "The model is in ./models/ (it now takes precedence over the shipped one here):"
+	$(BIN)/mnist-cnn train --name $(RUN)
+	$(BIN)/python tools/calibrate_unsure.py --model runs/$(RUN)
+	$(BIN)/mnist-cnn promote runs/$(RUN)
+	@echo "The run is in runs/$(RUN)/ (model, curves, evaluation report); its model is now"
+	@echo "./models/mnist_cnn_model.pth, which the commands here use before the shipped one:"
 	@echo "  make serve   or   mnist-cnn predict IMAGE   or   mnist-cnn evaluate"
 
 test: venv lint
@@ -73,5 +78,5 @@ benchmark-data:
 fonts: benchmark-data
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info models/*.ckpt
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info models/*.ckpt runs/*/*.ckpt
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

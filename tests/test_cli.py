@@ -19,11 +19,11 @@ from mnist_cnn.model import MNISTCNN
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m mnist_cnn`` as a user would, in the repository."""
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mnist_cnn`` as a user would, in the repository (or ``cwd``)."""
     return subprocess.run(
         [sys.executable, "-m", "mnist_cnn", *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
@@ -119,23 +119,85 @@ def test_evaluate_writes_report_for_a_seed_format_state_dict(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_train_cli_fast_run_end_to_end(tmp_path: Path) -> None:
+def test_a_run_writes_its_directory_and_replaces_nothing(tmp_path: Path) -> None:
+    """From a directory with a promoted model: training writes runs/NAME/ only, and the
+    commands go on using the promoted model until the run is promoted."""
+    before = _promoted_model_in(tmp_path)
     proc = run_cli(
-        "train",
-        "--preset",
-        "fast",
-        "--epochs",
-        "1",
-        "--train-subset",
-        "2000",
-        "--model-path",
-        str(tmp_path / "m.pth"),
-        "--report-dir",
-        str(tmp_path / "r"),
-    )
+        "train", "--preset", "fast", "--epochs", "1", "--train-subset", "2000",
+        "--name", "quick", "--threads", "1", "--data-dir", str(REPO / "data" / "mnist"),
+        cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "epoch  1/1" in proc.stdout and "test accuracy" in proc.stdout
-    assert json.loads((tmp_path / "m.json").read_text())["training"]["train_subset"] == 2000
+    run = tmp_path / "runs" / "quick"
+    expected = {
+        "mnist_cnn_model.pth", "mnist_cnn_model.json", "mnist_cnn_model.ckpt",
+        "training_curves.png", "evaluation.json", "confusion_matrix.png", "misclassified.png",
+    }  # fmt: skip
+    assert {p.name for p in run.iterdir()} == expected
+    for name in sorted(expected):
+        assert f"runs/quick/{name}" in proc.stdout or name.endswith(".ckpt"), name
+    meta = json.loads((run / "mnist_cnn_model.json").read_text())
+    assert meta["training"]["train_subset"] == 2000 and meta["training"]["name"] == "quick"
+    assert meta["training"]["model_path"] == "runs/quick/mnist_cnn_model.pth"
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["accuracy"] == meta["metrics"]["test_accuracy"]
+    assert f"mnist-cnn promote {Path('runs/quick')}" in proc.stdout  # says what to do next
+    assert _promoted_model_in(tmp_path) == before  # nothing replaced
+    assert not (tmp_path / "reports").exists()
+
+
+def _promoted_model_in(where: Path) -> bytes:
+    """Put a (random-weights) promoted model in ``where``/models/; returns its bytes."""
+    target = where / "models" / "mnist_cnn_model.pth"
+    if not target.exists():
+        from conftest import save_checkpoint
+
+        save_checkpoint(MNISTCNN(), target)
+    return target.read_bytes() + target.with_suffix(".json").read_bytes()
+
+
+def test_promote_makes_a_run_the_model_used_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import save_checkpoint
+
+    from mnist_cnn import paths
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(1)
+    run = tmp_path / "runs" / "mine"
+    save_checkpoint(MNISTCNN(), run / "mnist_cnn_model.pth", metrics={"test_accuracy": 0.75})
+    assert paths.find_model().source == "shipped with the package"
+    assert main(["promote", "runs/mine"]) == 0
+    assert "promoted runs/mine to models/mnist_cnn_model.pth" in capsys.readouterr().out
+    promoted = paths.find_model()
+    assert promoted == paths.Found(paths.LOCAL_MODEL, "working directory")
+    assert promoted.path.read_bytes() == (run / "mnist_cnn_model.pth").read_bytes()
+    assert json.loads(promoted.path.with_suffix(".json").read_text())["metrics"] == {
+        "test_accuracy": 0.75
+    }
+    # Weights whose JSON describes other weights are refused, and nothing is replaced.
+    torch.manual_seed(2)
+    other = tmp_path / "runs" / "other" / "mnist_cnn_model.pth"
+    save_checkpoint(MNISTCNN(), other)
+    torch.save(MNISTCNN().state_dict(), other)  # new weights, the old JSON
+    before = promoted.path.read_bytes()
+    assert main(["promote", "runs/other"]) == 1
+    assert "describes other weights" in capsys.readouterr().err
+    assert promoted.path.read_bytes() == before
+    # Neither is a missing run or the model onto itself.
+    assert main(["promote", "runs/none"]) == 1
+    assert "model file not found" in capsys.readouterr().err
+    assert main(["promote", "models"]) == 1
+    assert "already the model" in capsys.readouterr().err
+
+
+def test_a_bad_run_name_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("train", "--name", "../elsewhere", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "a run name is one plain directory name" in proc.stderr
 
 
 @pytest.mark.slow

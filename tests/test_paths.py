@@ -147,9 +147,13 @@ def test_the_seeds_commands_run_from_a_clone_without_an_install(tmp_path: Path) 
 def test_a_wheel_installed_elsewhere_works_on_its_own(tmp_path: Path, clear_digits: list) -> None:
     shipped_before = _sha256(paths.SHIPPED_MODEL)
     wheels = tmp_path / "wheels"
+    # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds.
+    source = tmp_path / "source"
+    junk = ("build", "dist", "*.egg-info", "runs", "models", "data", ".*", "__pycache__")
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(*junk))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(REPO_ROOT)],
+         "-w", str(wheels), str(source)],
         check=True, timeout=300,
     )  # fmt: skip
     (wheel,) = wheels.glob("mnist_cnn-*.whl")
@@ -193,11 +197,18 @@ def test_a_wheel_installed_elsewhere_works_on_its_own(tmp_path: Path, clear_digi
     assert (work / "reports" / "evaluation.json").is_file()
     trained = run(
         "-m", "mnist_cnn", "train", "--preset", "fast", "--epochs", "1", "--train-subset", "500",
-        "--val-size", "200", "--data-dir", str(BUNDLED_DATA), "--no-progress",
+        "--val-size", "200", "--data-dir", str(BUNDLED_DATA), "--no-progress", "--promote",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
-    assert (work / paths.LOCAL_MODEL).is_file()  # where this installation's commands look
-    # What was trained here is now what the commands here use; the shipped file is intact.
+    # The run in runs/fast/ (the preset's name), then promoted to where the commands look.
+    run_dir = work / "runs" / "fast"
+    for name in ("mnist_cnn_model.pth", "mnist_cnn_model.json", "training_curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "evaluation.json").is_file()
+    promoted = work / paths.LOCAL_MODEL
+    assert promoted.read_bytes() == (run_dir / "mnist_cnn_model.pth").read_bytes()
+    assert f"wrote promoted model: {paths.LOCAL_MODEL}" in trained.stdout
+    # What was promoted here is now what the commands here use; the shipped file is intact.
     again = run("-m", "mnist_cnn", "predict", "digit.png")
     assert "(working directory)" in again.stderr
     assert _sha256(paths.SHIPPED_MODEL) == shipped_before

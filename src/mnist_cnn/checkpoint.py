@@ -250,3 +250,33 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         parameters=sum(p.numel() for p in model.parameters()),
     )
     return LoadedModel(model, info)
+
+
+def promote(source: str | Path, destination: str | Path = paths.LOCAL_MODEL) -> Path:
+    """Make a run's model the one in use: copy its weights and JSON to ``destination``
+    (default ``./models/mnist_cnn_model.pth``, where every command here looks first).
+
+    This is the deliberate way to replace a model; training alone never does. ``source`` is
+    a weights file or a run directory. The model must load, and its JSON must describe
+    these very weights (``weights_sha256``): nothing is replaced otherwise. Returns the new
+    weights' path. Raises ``CheckpointError``.
+    """
+    source = find_model(source).path
+    load_model(source)  # a model that cannot be served is not promoted
+    destination = Path(destination)
+    if destination.exists() and destination.resolve() == source.resolve():
+        raise CheckpointError(f"{source} is already the model at {destination}.")
+    meta = _read_metadata(source)
+    recorded = meta.get("weights_sha256")
+    if recorded is not None and recorded != file_sha256(source):
+        raise CheckpointError(
+            f"{metadata_path(source)} describes other weights than {source.name} (their "
+            f"weights_sha256 differs): not promoted. Retrain, or remove the JSON."
+        )
+    atomic.write_bytes(destination, source.read_bytes())
+    if metadata_path(source).is_file():
+        atomic.write_bytes(metadata_path(destination), metadata_path(source).read_bytes())
+    else:
+        # A seed-format model has no JSON; an old one left beside it would describe it wrongly.
+        metadata_path(destination).unlink(missing_ok=True)
+    return destination

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mnist_cnn import __version__
 
@@ -35,6 +35,7 @@ COMMAND_HELP = {
     "predict": "classify images of digits (photos, scans, drawings)",
     "export": "export a model to ONNX (checked against PyTorch)",
     "gradio": "serve the Gradio interface: draw or upload a digit",
+    "promote": "make a training run's model the one used here (./models/)",
 }
 
 TRAIN_HELP = {
@@ -58,8 +59,10 @@ TRAIN_HELP = {
     "device": "auto (cuda, then mps, then cpu), cpu, cuda or mps",
     "data_dir": "directory with the four MNIST IDX files, .gz or not (empty: ./data/mnist, else "
     "the repository's bundled copy, else the cache that `mnist-cnn download` fills)",
-    "model_path": "where to write the weights; metadata goes beside it as .json",
-    "report_dir": "where to write training_curves.png",
+    "name": "run name: the run writes to runs/NAME/ (default: the preset's name)",
+    "model_path": "write the weights here instead of runs/NAME/ (metadata beside them as .json); "
+    "models/mnist_cnn_model.pth replaces the model the commands here use",
+    "report_dir": "where the curves and the evaluation report go (empty: beside the model)",
 }
 
 
@@ -106,6 +109,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="progress bar per epoch (default: when stderr is a terminal)",
     )
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="when the run succeeds, make its model the one used here (mnist-cnn promote)",
+    )
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         # SUPPRESS keeps flags the user did not give out of the namespace, so the preset's
@@ -132,6 +140,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from mnist_cnn.checkpoint import CheckpointError
     from mnist_cnn.data import DatasetError
     from mnist_cnn.train import TrainConfig, TrainingError, config_for, configure_process, train
 
@@ -157,15 +166,77 @@ def _train(args: argparse.Namespace) -> int:
         f"test accuracy {100 * (result.test_accuracy or 0):.2f}% (loss {result.test_loss:.4f}) "
         f"after {result.seconds:.0f}s of training"
     )
-    for what, path in result.outputs.items():
+    outputs = dict(result.outputs)
+    try:
+        # The run's evaluation report (per class, confusion matrix, mistakes) beside its model.
+        outputs.update(_evaluation_report(outputs["model"], config.data_dir, config.reports)[1])
+        if args.promote:
+            outputs["promoted model"] = _promote_model(outputs["model"])
+    except (CheckpointError, DatasetError) as exc:
+        return _fail(str(exc))
+    for what, path in outputs.items():
         print(f"wrote {what}: {path}")
+    if not args.promote:
+        run = outputs["model"].parent
+        print(
+            f"serve it with `mnist-cnn serve --model {run}`; make it the model used here with "
+            f"`mnist-cnn promote {run}`"
+        )
+    return 0
+
+
+def _evaluation_report(
+    model: Path, data_dir: str | None, report_dir: str | Path
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Evaluate ``model`` on the test set and write the report: (report, {what: path}).
+    Raises ``CheckpointError`` and ``DatasetError``."""
+    from mnist_cnn import data
+    from mnist_cnn.checkpoint import load_model
+    from mnist_cnn.evaluate import build_report, evaluate, write_report
+
+    loaded = load_model(model)
+    test = data.load_split("test", data_dir or None)
+    result = evaluate(loaded.model, test, loaded.mean, loaded.std)
+    report = build_report(result, loaded.path, data.dataset_sha256())
+    report["architecture"] = loaded.architecture
+    return report, write_report(report, test.images, result, report_dir)
+
+
+def _promote_model(model: Path, destination: Path | None = None) -> Path:
+    from mnist_cnn.checkpoint import promote
+    from mnist_cnn.paths import LOCAL_MODEL
+
+    return promote(model, destination or LOCAL_MODEL)
+
+
+def _add_promote_parser(sub: argparse._SubParsersAction) -> None:
+    from mnist_cnn.paths import LOCAL_MODEL
+
+    p = sub.add_parser(
+        "promote",
+        help=COMMAND_HELP["promote"],
+        description="Copy a training run's weights and metadata to ./models/, where predict, "
+        "evaluate, serve and gradio look first. Training alone never replaces that model. "
+        "The run's model must load, and its JSON must describe its weights.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="a run directory (runs/NAME) or a weights file")
+    p.add_argument("--to", default=str(LOCAL_MODEL), help="where the weights go")
+    p.set_defaults(handler=_promote)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from mnist_cnn.checkpoint import CheckpointError
+
+    try:
+        promoted = _promote_model(Path(args.run), Path(args.to))
+    except CheckpointError as exc:
+        return _fail(str(exc))
+    print(f"promoted {args.run} to {promoted} (and its metadata beside it)")
     return 0
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from mnist_cnn.train import TrainConfig  # evaluate reads where training writes
-
-    d = TrainConfig()
     p = sub.add_parser(
         "evaluate",
         help=COMMAND_HELP["evaluate"],
@@ -176,9 +247,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--data-dir", default=None, help=TRAIN_HELP["data_dir"])
-    p.add_argument(
-        "--report-dir", default=d.report_dir, help="where to write the report and figures"
-    )
+    p.add_argument("--report-dir", default="reports", help="where to write the report and figures")
     p.add_argument(
         "--threads", type=_at_least(0), default=0, help="torch CPU threads (0: one per core)"
     )
@@ -186,20 +255,16 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mnist_cnn import data
-    from mnist_cnn.checkpoint import CheckpointError, load_model
-    from mnist_cnn.evaluate import build_report, evaluate, write_report
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.data import DatasetError
 
     _use_threads(args.threads)
     try:
-        loaded = load_model(_model_path(args.model))
-        test = data.load_split("test", args.data_dir)
-    except (CheckpointError, data.DatasetError) as exc:
+        model = _model_path(args.model)
+        report, paths = _evaluation_report(model, args.data_dir, args.report_dir)
+    except (CheckpointError, DatasetError) as exc:
         return _fail(str(exc))
-    result = evaluate(loaded.model, test, loaded.mean, loaded.std)
-    report = build_report(result, loaded.path, data.dataset_sha256())
-    paths = write_report(report, test.images, result, args.report_dir)
-    print(f"model: {loaded.path} ({loaded.architecture})")
+    print(f"model: {model} ({report['architecture']})")
     print(
         f"test accuracy {100 * report['accuracy']:.2f}%  loss {report['loss']:.4f}  "
         f"errors {report['errors']}/{report['examples']}  "
@@ -635,6 +700,7 @@ def _fail(message: str) -> int:
 # Each capability registers its sub-command here, in the order --help lists them.
 PARSERS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": _add_train_parser,
+    "promote": _add_promote_parser,
     "evaluate": _add_evaluate_parser,
     "download": _add_download_parser,
     "predict": _add_predict_parser,

@@ -5,7 +5,8 @@ A **model** is, in this order:
 1. the path given (``--model``): a weights file, or a directory that holds
    ``mnist_cnn_model.pth`` (a training run's output directory);
 2. the working directory's conventional place, ``./models/mnist_cnn_model.pth``, where
-   ``mnist-cnn train`` writes by default: what you trained here is what you serve here;
+   ``mnist-cnn promote`` (or ``train --promote``) puts a run's model: what you promoted
+   here is what you serve here (a run alone, ``runs/<name>/``, replaces nothing);
 3. the model shipped inside the package (``mnist_cnn/shipped/``, read through
    ``importlib.resources``), so that a wheel or ``pip install`` works on its own.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 MODEL_FILENAME = "mnist_cnn_model.pth"
 LOCAL_MODEL = Path("models") / MODEL_FILENAME  # relative to the working directory
 LOCAL_DATA = Path("data") / "mnist"  # relative to the working directory
+RUNS = Path("runs")  # training runs, relative to the working directory
 
 # setuptools installs packages as plain files (wheels are never imported from a zip), so the
 # packaged weights have a real path that torch.load can open.
@@ -73,6 +75,13 @@ def cache_dir() -> Path:
 def user_data_dir() -> Path:
     """Where ``mnist-cnn download`` puts MNIST when there is no better place."""
     return cache_dir() / "mnist"
+
+
+def run_dir(name: str) -> Path:
+    """The directory of the training run ``name``: ``runs/<name>`` in the working directory."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"a run name is one plain directory name, not {name!r}")
+    return RUNS / name
 
 
 def find_model(given: str | Path | None = None) -> Found:

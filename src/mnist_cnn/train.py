@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_cnn import atomic, data
+from mnist_cnn import atomic, data, paths
 from mnist_cnn.checkpoint import save_model
 from mnist_cnn.model import (
     ARCHITECTURES,
@@ -40,6 +40,7 @@ from mnist_cnn.model import (
 )
 
 SCHEDULES = ("onecycle", "constant")
+MODEL_FILE = paths.MODEL_FILENAME  # the weights' name inside a run directory
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -76,13 +77,28 @@ class TrainConfig:
     threads: int = _option(0, minimum=0)
     device: str = _option("auto", choices=DEVICES)  # auto picks cuda, then mps, then cpu
     data_dir: str = ""  # empty: paths.find_data (./data/mnist, the clone's copy, the cache)
-    model_path: str = "models/mnist_cnn_model.pth"
-    report_dir: str = "reports"
+    # A run writes into its own directory, runs/NAME/ (the model, its JSON, the epoch
+    # checkpoint, the curves and the evaluation report), so that an experiment never replaces
+    # the model the other commands use; ``mnist-cnn promote`` (or ``train --promote``) does
+    # that deliberately. The presets name their runs after themselves.
+    name: str = "default"
+    model_path: str = ""  # empty: runs/NAME/mnist_cnn_model.pth; given: the weights go there
+    report_dir: str = ""  # empty: beside the model
+
+    @property
+    def model_file(self) -> Path:
+        """Where the weights go (their JSON beside them)."""
+        return Path(self.model_path) if self.model_path else paths.run_dir(self.name) / MODEL_FILE
+
+    @property
+    def reports(self) -> Path:
+        """Where the curves (and the command's evaluation report) go."""
+        return Path(self.report_dir) if self.report_dir else self.model_file.parent
 
     @property
     def checkpoint_path(self) -> Path:
         """Where the full training state goes at each epoch's end."""
-        return Path(self.model_path).with_suffix(".ckpt")
+        return self.model_file.with_suffix(".ckpt")
 
 
 # Presets fix the settings that matter for a recipe; explicit options override them.
@@ -114,14 +130,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Settings that may change between an interrupted run and its resumption without changing
 # the result: where things are and how many threads compute them.
-RESUMABLE_CHANGES = {"threads", "data_dir", "report_dir", "device"}
+RESUMABLE_CHANGES = {"threads", "data_dir", "report_dir", "device", "name"}
 
 
 def config_for(preset: str = "default", **overrides: Any) -> TrainConfig:
     """The config of a preset with ``overrides`` applied."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    return dataclasses.replace(TrainConfig(), **{**PRESETS[preset], **overrides})
+    return dataclasses.replace(TrainConfig(), **{"name": preset, **PRESETS[preset], **overrides})
 
 
 def keep_freed_memory() -> bool:
@@ -285,6 +301,10 @@ def train(
         raise TrainingError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
     if not (math.isfinite(config.outlier_weight) and config.outlier_weight >= 0):
         raise TrainingError(f"outlier weight must be 0 or more, got {config.outlier_weight}")
+    try:
+        config.model_file  # noqa: B018 (a bad run name raises here, before any work)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
     device = resolve_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
@@ -475,6 +495,8 @@ def write_outputs(
         },
         "training": {
             **dataclasses.asdict(config),
+            "model_path": str(config.model_file),
+            "report_dir": str(config.reports),
             "device": str(device),
             "threads": torch.get_num_threads(),
             "seconds": round(result.seconds, 1),
@@ -483,9 +505,9 @@ def write_outputs(
         "torch_version": torch.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    model_path = Path(config.model_path)
+    model_path = config.model_file
     save_model(model, model_path, metadata)
-    curves = Path(config.report_dir) / "training_curves.png"
+    curves = config.reports / "training_curves.png"
     plots.save_figure(plots.curves_figure(result.history), curves)
     return {"model": model_path, "metadata": model_path.with_suffix(".json"), "curves": curves}
 
