@@ -33,10 +33,7 @@ Prints a markdown table; exits with status 1 when a target is missed with ``--ch
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import http.client
-import io
 import json
 import os
 import platform
@@ -44,13 +41,9 @@ import re
 import selectors
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +52,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+# The server start-up and request bodies of the web tests (tests/_web_fixtures.py, which
+# needs no pytest): the benchmark starts the server exactly as they do.
+sys.path.insert(0, str(REPO / "tests"))
+
+from _web_fixtures import data_url, multipart, png_bytes, running_server  # noqa: E402
 
 from mnist_cnn import data  # noqa: E402
 
@@ -80,13 +78,6 @@ class ClientStats:
     cpu_window: list[float] = field(default_factory=list)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_payloads(kind: str, count: int) -> list[tuple[bytes, int]]:
     """``count`` MNIST test digits as PNG files, with their labels."""
     test = data.load_split("test")
@@ -97,31 +88,13 @@ def make_payloads(kind: str, count: int) -> list[tuple[bytes, int]]:
         pil = Image.fromarray(image, mode="L")
         if kind == "canvas":
             pil = pil.resize((280, 280), Image.Resampling.BILINEAR)
-        buffer = io.BytesIO()
-        pil.save(buffer, "PNG")
-        out.append((buffer.getvalue(), int(test.labels[int(i)])))
+        out.append((png_bytes(pil), int(test.labels[int(i)])))
     return out
-
-
-def multipart(png: bytes) -> tuple[bytes, str]:
-    """A multipart/form-data body with the file field ``image``."""
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="image"; filename="digit.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def canvas_json(png: bytes) -> bytes:
     """A JSON body ``{"image": "data:image/png;base64,..."}``, as the drawing pad sends."""
-    url = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return json.dumps({"image": url}).encode()
+    return json.dumps({"image": data_url(png)}).encode()
 
 
 def process_tree(pid: int) -> list[int]:
@@ -205,54 +178,14 @@ def distinct_memory_mb(pids: list[int]) -> float | None:
     return unique.size * 4096 / 1024 / 1024
 
 
-@contextlib.contextmanager
-def running_server(args: argparse.Namespace, log_path: Path) -> Iterator[tuple[int, int]]:
-    """Start ``mnist-cnn serve`` on a free loopback port; yield (pid, port); stop it."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mnist_cnn",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+def server_options(args: argparse.Namespace) -> list[str]:
+    """The options of ``mnist-cnn serve`` that the command line sets (else serve's own)."""
+    options = []
     for option in ("workers", "threads", "model"):
         value = getattr(args, option)
         if value is not None:
-            command += [f"--{option}", str(value)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(
-                    f"the server exited with status {proc.returncode}:\n{log_path.read_text()}"
-                )
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/api/health")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the server did not become healthy:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield proc.pid, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            options += [f"--{option}", str(value)]
+    return options
 
 
 def build_request(port: int, body: bytes, content_type: str) -> bytes:
@@ -421,63 +354,63 @@ def main(argv: list[str] | None = None) -> int:
         payloads = [(canvas_json(png), "application/json", label) for png, label in images]
     else:
         payloads = [(*multipart(png), label) for png, label in images]
-    with tempfile.TemporaryDirectory() as tmp:
-        log_path = Path(tmp) / "server.log"
-        with running_server(args, log_path) as (pid, port):
-            stats = ClientStats()
-            begin = time.monotonic()
-            record_from = begin + args.warmup
-            stop_at = record_from + args.duration
-            load = threading.Thread(
-                target=run_clients,
-                args=(port, payloads, args.concurrency, record_from, stop_at, stats),
-                daemon=True,
-            )
-            load.start()
-            peak_rss = peak_pss = 0.0
-            distinct = None
+    # The server on a free loopback port; stopped on the way out, SIGTERM included.
+    with running_server(*server_options(args), startup_timeout=120) as server:
+        pid, port = server.process.pid, server.port
+        stats = ClientStats()
+        begin = time.monotonic()
+        record_from = begin + args.warmup
+        stop_at = record_from + args.duration
+        load = threading.Thread(
+            target=run_clients,
+            args=(port, payloads, args.concurrency, record_from, stop_at, stats),
+            daemon=True,
+        )
+        load.start()
+        peak_rss = peak_pss = 0.0
+        distinct = None
 
-            def mine() -> float:
-                return time.process_time()  # this load generator: clients and sampler
+        def mine() -> float:
+            return time.process_time()  # this load generator: clients and sampler
 
-            server_pids = process_tree(pid)
-            cpu_start = cpu_end = None
-            tick = 0
-            while load.is_alive():
-                now = time.monotonic()
-                if cpu_start is None and now >= record_from:
-                    cpu_start = (cpu_seconds(server_pids), now, machine_busy_seconds(), mine())
-                if cpu_start is not None and cpu_end is None and now >= stop_at:
-                    cpu_end = (cpu_seconds(server_pids), now, machine_busy_seconds(), mine())
-                if distinct is None and now >= stop_at - 1.0:
-                    # Once, under load at the end: it reads every page table entry.
-                    distinct = distinct_memory_mb(process_tree(pid)) or float("nan")
-                # Reading smaps costs the kernel a page-table walk per process: once a
-                # second is enough for a peak, and keeps this sampler's CPU negligible.
-                if tick % 4 == 0:
-                    if tick % 20 == 0:
-                        server_pids = process_tree(pid)  # a replaced worker is counted
-                    rss, pss = memory_mb(server_pids)
-                    peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-                tick += 1
-                time.sleep(0.25)
-            load.join()
-            if cpu_start is not None and cpu_end is None:
-                cpu_end = (
-                    cpu_seconds(server_pids),
-                    time.monotonic(),
-                    machine_busy_seconds(),
-                    mine(),
-                )
-            server_log = log_path.read_text(errors="replace")
-            setup = next(
-                (
-                    line.split("serving ", 1)[1]
-                    for line in server_log.splitlines()
-                    if "serving " in line
-                ),
-                "see the server log",
+        server_pids = process_tree(pid)
+        cpu_start = cpu_end = None
+        tick = 0
+        while load.is_alive():
+            now = time.monotonic()
+            if cpu_start is None and now >= record_from:
+                cpu_start = (cpu_seconds(server_pids), now, machine_busy_seconds(), mine())
+            if cpu_start is not None and cpu_end is None and now >= stop_at:
+                cpu_end = (cpu_seconds(server_pids), now, machine_busy_seconds(), mine())
+            if distinct is None and now >= stop_at - 1.0:
+                # Once, under load at the end: it reads every page table entry.
+                distinct = distinct_memory_mb(process_tree(pid)) or float("nan")
+            # Reading smaps costs the kernel a page-table walk per process: once a
+            # second is enough for a peak, and keeps this sampler's CPU negligible.
+            if tick % 4 == 0:
+                if tick % 20 == 0:
+                    server_pids = process_tree(pid)  # a replaced worker is counted
+                rss, pss = memory_mb(server_pids)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            tick += 1
+            time.sleep(0.25)
+        load.join()
+        if cpu_start is not None and cpu_end is None:
+            cpu_end = (
+                cpu_seconds(server_pids),
+                time.monotonic(),
+                machine_busy_seconds(),
+                mine(),
             )
+        server_log = server.log()
+        setup = next(
+            (
+                line.split("serving ", 1)[1]
+                for line in server_log.splitlines()
+                if "serving " in line
+            ),
+            "see the server log",
+        )
 
     # CPU spent per answered request by the server and by this load generator (which
     # shares the machine); over the measured window only.

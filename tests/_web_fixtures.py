@@ -1,4 +1,8 @@
-"""Helpers shared by the web tests: real images as files, and a real server process.
+"""Helpers shared by the tests and the benchmarks: the repository's paths, real images as
+files and request bodies, a real server process, and the Chromium the browser tests launch.
+
+It imports no pytest (the fixtures are in ``conftest.py``), so that a benchmark run as
+``python benchmarks/load_test.py`` can import it too (it puts ``tests/`` on ``sys.path``).
 
 The images are MNIST test digits (from the bundled data), rendered the ways people send them:
 a small PNG, a photo-like dark-on-light scan, a 280x280 canvas drawing as a data URL.
@@ -12,12 +16,14 @@ import base64
 import contextlib
 import http.client
 import io
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +31,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT / "data" / "mnist"  # the bundled MNIST
+
+# Debian's Chromium, never a downloaded one (`playwright install` is not used anywhere), with
+# no background traffic: every test that drives a browser launches it with these.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
@@ -39,6 +59,22 @@ def png_bytes(image: np.ndarray | Image.Image) -> bytes:
 def data_url(png: bytes) -> str:
     """PNG bytes as a ``data:`` URL, as ``canvas.toDataURL()`` makes them."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def multipart(png: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with the file field ``image``, as a browser uploads a PNG,
+    and its Content-Type."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="image"; filename="digit.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def as_canvas(digit: np.ndarray, invert: bool = False, transparent: bool = False) -> bytes:
@@ -133,7 +169,7 @@ def running_server(*options: str, startup_timeout: float = 90.0) -> Iterator[Ser
             process = subprocess.Popen(
                 [sys.executable, "-m", "mnist_cnn", "serve", "--host", "127.0.0.1",
                  "--port", str(port), *options],
-                cwd=REPO,
+                cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

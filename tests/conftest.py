@@ -1,20 +1,31 @@
-"""Shared fixtures. The dataset is loaded once per session: reading and verifying the
-gzipped files takes about a second, and many tests need it."""
+"""Shared fixtures, as flaskr's conftest.py has them: the MNIST splits, clear test digits, the
+shipped model's Predictor, a random-weight checkpoint, a --help reader and a Chromium.
+
+What is loaded once per session is loaded here once: reading and verifying the gzipped MNIST
+files takes about a second, loading the shipped model a fraction of one, and many tests need
+them. Helpers that benchmarks use too (paths, image files, the server, Chromium's flags) are
+in ``_web_fixtures.py``, which imports no pytest.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from _web_fixtures import CHROMIUM, CHROMIUM_ARGS, DATA_DIR
 from PIL import Image
+from torch import nn
+from torch.nn import functional as F
 
-from mnist_cnn import data, paths
+from mnist_cnn import data
+from mnist_cnn.paths import SHIPPED_MODEL
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT / "data" / "mnist"
-SHIPPED_MODEL = paths.SHIPPED_MODEL
+if TYPE_CHECKING:
+    from mnist_cnn.predict import Predictor
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +59,38 @@ def clear_digits(test_split: data.Split, tmp_path_factory: pytest.TempPathFactor
             digits.append((path, label, pixels))
     assert len(digits) == 20
     return digits
+
+
+@pytest.fixture(scope="session")
+def shipped_predictor() -> Predictor:
+    """The Predictor of the model shipped in the package, loaded once for the session.
+
+    Shared: a test that changes its behaviour patches the class with ``monkeypatch``
+    (``monkeypatch.setattr(Predictor, "predict", ...)``), never this instance.
+    """
+    from mnist_cnn.predict import Predictor
+
+    return Predictor.from_checkpoint(SHIPPED_MODEL)
+
+
+class SeedCNN(nn.Module):
+    """The seed's network as its own script wrote it: the reference for our MNISTCNN and for
+    the seed's checkpoint format."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1, 1)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(-1, 64 * 7 * 7)
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
 def save_checkpoint(
@@ -88,3 +131,59 @@ def cli_help(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
         return " ".join(capsys.readouterr().out.split())
 
     return run
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright, launched once per module with the shared
+    ``CHROMIUM_ARGS``; skipped when it is missing (a failure on CI)."""
+    if not Path(CHROMIUM).exists():
+        message = "Chromium is missing: apt-get install -y chromium (.ci/run does this)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+# ---------------------------------------------------------------- the suite leaves no trace
+# The shipped model is the product: no test may change it. And a test that trains, evaluates
+# or promotes writes into a temporary directory, never into the checkout's models/, runs/ or
+# reports/ (where they would change what `mnist-cnn predict` uses, or dirty the clone).
+_GUARDED = ("models", "runs", "reports")
+
+
+def _fingerprint() -> dict[str, str]:
+    import hashlib
+
+    from _web_fixtures import REPO_ROOT
+
+    files = [SHIPPED_MODEL, SHIPPED_MODEL.with_suffix(".json")]
+    for name in _GUARDED:
+        files += sorted(p for p in (REPO_ROOT / name).rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _fingerprint()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    after = _fingerprint()
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    if changed:
+        session.config.get_terminal_writer().line(
+            "\nthe test suite changed files it must not touch (the shipped model, or the "
+            "checkout's models/, runs/, reports/):\n  " + "\n  ".join(changed),
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[dict[str, str]]()

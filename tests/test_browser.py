@@ -19,17 +19,13 @@ import contextlib
 import io
 import itertools
 import json
-import os
 import re
-import shutil
-import struct
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _imaging import encode, font_digit, gray8, on_paper
+from _imaging import encode, font_digit, gray8, on_paper, png_chunk
 from _web_fixtures import Server, as_scan, png_bytes, running_server, sample_digits
 from PIL import Image
 
@@ -39,17 +35,6 @@ from mnist_cnn.web import MAX_UPLOAD_BYTES
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Debian's Chromium, never a downloaded one (`playwright install` is not used anywhere).
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
 TIMEOUT_MS = 20_000  # generous: the CI machine's two cores are shared
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -61,19 +46,6 @@ PlaywrightError = playwright_api.Error
 def server() -> Iterator[Server]:
     with running_server() as running:  # the production defaults
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        message = "Chromium is missing: apt-get install -y chromium (.ci/run does this)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class PageWatch:
@@ -603,14 +575,7 @@ def png_with_padding(image: Image.Image, padding: int) -> bytes:
     """A PNG of ``image`` carrying ``padding`` bytes in a private ancillary chunk, which every
     decoder skips: a file over the upload limit whose picture is small."""
     png = encode(image, "PNG")
-    chunk_type = b"zeRo"  # ancillary, private, safe to copy
-    data = bytes(padding)
-    chunk = (
-        struct.pack(">I", len(data))
-        + chunk_type
-        + data
-        + struct.pack(">I", zlib.crc32(chunk_type + data) & 0xFFFFFFFF)
-    )
+    chunk = png_chunk(b"zeRo", bytes(padding))  # ancillary, private, safe to copy
     iend = png.rindex(b"IEND") - 4
     return png[:iend] + chunk + png[iend:]
 

@@ -274,10 +274,10 @@ def test_bad_options_are_usage_errors(
 
 
 @pytest.mark.slow
-def test_a_closed_pipe_ends_quietly() -> None:
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     # `mnist-cnn evaluate | head -1`, with a reader that is gone before the first line.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mnist_cnn", "evaluate"], cwd=REPO, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "mnist_cnn", "evaluate"], cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None

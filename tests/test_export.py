@@ -15,9 +15,10 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed
 
 import onnx  # noqa: E402
 from _imaging import encode, font_digit, gray8, on_paper, seven  # noqa: E402
+from conftest import save_checkpoint  # noqa: E402
 
 from mnist_cnn import export  # noqa: E402
-from mnist_cnn.checkpoint import CheckpointError, load_model, save_model  # noqa: E402
+from mnist_cnn.checkpoint import CheckpointError, load_model  # noqa: E402
 from mnist_cnn.cli import main  # noqa: E402
 from mnist_cnn.data import normalise  # noqa: E402
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN, FastCNN  # noqa: E402
@@ -36,9 +37,7 @@ def _trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _save(model: torch.nn.Module, path: Path, architecture: str) -> Path:
-    meta = {"architecture": architecture, "input": {"mean": MNIST_MEAN, "std": MNIST_STD}}
-    save_model(model, path, {**meta, "metrics": {"test_accuracy": 0.25}})
-    return path
+    return save_checkpoint(model, path, architecture, metrics={"test_accuracy": 0.25})
 
 
 @pytest.fixture(scope="module")

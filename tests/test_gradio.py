@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,25 +20,13 @@ from pathlib import Path
 import gradio_client  # the gradio extra: `make test` installs it, so no skip without it
 import numpy as np
 import pytest
+from _web_fixtures import free_port
 from PIL import Image
 
 from mnist_cnn import cli, gradio_app
 from mnist_cnn.checkpoint import CheckpointError
 from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Prediction, Predictor, Unsure
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.from_checkpoint(SHIPPED_MODEL)
 
 
 def _as_drawing(pixels: np.ndarray, path: Path) -> Path:
@@ -52,9 +39,9 @@ def _as_drawing(pixels: np.ndarray, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(predictor: Predictor) -> Iterator[str]:
-    demo = gradio_app.build_interface(predictor)
-    url = gradio_app.launch(demo, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
+def server(shipped_predictor: Predictor) -> Iterator[str]:
+    demo = gradio_app.build_interface(shipped_predictor)
+    url = gradio_app.launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
     yield url
     demo.close()
 
@@ -77,7 +64,7 @@ def test_the_server_listens_on_loopback_only(server: str) -> None:
 
 
 def test_uploads_of_real_digits_are_read_correctly(
-    client: gradio_client.Client, clear_digits: list, predictor: Predictor
+    client: gradio_client.Client, clear_digits: list, shipped_predictor: Predictor
 ) -> None:
     for path, label, _ in clear_digits:
         scores, shown, message = client.predict(
@@ -92,7 +79,9 @@ def test_uploads_of_real_digits_are_read_correctly(
         image = np.asarray(Image.open(shown).convert("L"))
         scale = gradio_app.DISPLAY_SCALE
         assert image.shape == (28 * scale, 28 * scale)
-        np.testing.assert_array_equal(image[::scale, ::scale], predictor.predict(path).model_input)
+        np.testing.assert_array_equal(
+            image[::scale, ::scale], shipped_predictor.predict(path).model_input
+        )
 
 
 def test_drawings_of_real_digits_are_read_correctly(
@@ -130,11 +119,13 @@ def test_a_file_that_is_not_an_image_gets_a_message_not_an_error(
 # --------------------------------------------------------------------------- the function
 
 
-def test_classify_takes_what_the_predictor_takes(predictor: Predictor, clear_digits: list) -> None:
+def test_classify_takes_what_the_predictor_takes(
+    shipped_predictor: Predictor, clear_digits: list
+) -> None:
     path, label, pixels = clear_digits[0]
-    reference = predictor.predict(path)
+    reference = shipped_predictor.predict(path)
     for image in (path, str(path), path.read_bytes(), Image.open(path), pixels):
-        scores, model_input, message = gradio_app.classify(predictor, image)
+        scores, model_input, message = gradio_app.classify(shipped_predictor, image)
         assert max(scores, key=scores.get) == str(label)
         assert sorted(scores) == [str(d) for d in range(10)]
         assert sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
@@ -142,11 +133,11 @@ def test_classify_takes_what_the_predictor_takes(predictor: Predictor, clear_dig
         np.testing.assert_array_equal(model_input, reference.model_input)
         assert model_input.shape == (28, 28) and model_input.dtype == np.uint8
         assert message.startswith(f"**{label}**")
-    _, big, _ = gradio_app.classify(predictor, path, scale=3)
+    _, big, _ = gradio_app.classify(shipped_predictor, path, scale=3)
     np.testing.assert_array_equal(big, np.kron(reference.model_input, np.ones((3, 3), np.uint8)))
 
 
-def test_classify_explains_instead_of_raising(predictor: Predictor, tmp_path: Path) -> None:
+def test_classify_explains_instead_of_raising(shipped_predictor: Predictor, tmp_path: Path) -> None:
     cases = {
         "nothing": (None, gradio_app.EMPTY_MESSAGE),
         "white": (np.full((200, 200), 255, np.uint8), "No digit found"),
@@ -155,13 +146,13 @@ def test_classify_explains_instead_of_raising(predictor: Predictor, tmp_path: Pa
         "missing": (str(tmp_path / "gone.png"), "This file cannot be read"),
     }
     for what, (image, expected) in cases.items():
-        scores, model_input, message = gradio_app.classify(predictor, image)
+        scores, model_input, message = gradio_app.classify(shipped_predictor, image)
         assert scores is None and model_input is None, what
         assert message.startswith(expected), f"{what}: {message}"
 
 
 def test_not_sure_is_said_in_words(
-    predictor: Predictor,
+    shipped_predictor: Predictor,
     client: gradio_client.Client,
     clear_digits: list,
     monkeypatch: pytest.MonkeyPatch,
@@ -169,12 +160,16 @@ def test_not_sure_is_said_in_words(
     # Flag every prediction as unsure, whatever the Predictor's own decision: the message
     # says so in words, and the probabilities and the model's input are still shown.
     reason = Unsure("ambiguous", "the model hesitates between two digits")
-    predict = predictor.predict
+    # The class is patched, not the session's shared instance (monkeypatch would leave the
+    # instance with a ``predict`` of its own, hiding later patches of the class).
+    predict = Predictor.predict
     monkeypatch.setattr(
-        predictor, "predict", lambda image: dataclasses.replace(predict(image), reason=reason)
+        Predictor,
+        "predict",
+        lambda self, image: dataclasses.replace(predict(self, image), reason=reason),
     )
     path, label, _ = clear_digits[0]
-    scores, model_input, message = gradio_app.classify(predictor, path)
+    scores, model_input, message = gradio_app.classify(shipped_predictor, path)
     assert max(scores, key=scores.get) == str(label) and model_input.shape == (28, 28)
     assert message.startswith(f"**Not sure**: this looks most like a {label} (")
     assert message.endswith(" The model hesitates between two digits.")
@@ -188,8 +183,8 @@ def test_not_sure_is_said_in_words(
     probabilities[4], probabilities[9], probabilities[7] = 0.52, 0.41, 0.07
     close = Prediction(4, 0.52, tuple(probabilities), ((4, 0.52), (9, 0.41), (7, 0.07)),
                        np.zeros((28, 28), np.uint8), reason)  # fmt: skip
-    monkeypatch.setattr(predictor, "predict", lambda image: close)
-    _, _, message = gradio_app.classify(predictor, path)
+    monkeypatch.setattr(Predictor, "predict", lambda self, image: close)
+    _, _, message = gradio_app.classify(shipped_predictor, path)
     assert message == (
         "**Not sure**: this looks most like a 4 (52.0%), or a 9 (41.0%). "
         "The model hesitates between two digits."
@@ -243,7 +238,7 @@ def test_gradio_command_errors_are_clear(
 
 @pytest.mark.slow
 def test_gradio_command_serves_the_interface(clear_digits: list) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "mnist_cnn", "gradio", "--port", str(port)]
     process = subprocess.Popen(
@@ -281,55 +276,37 @@ def test_gradio_command_serves_the_interface(clear_digits: list) -> None:
 
 # --------------------------------------------------------------------------- in a browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Debian's Chromium, as in test_browser.py: never a downloaded one, no background traffic.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
 
 @pytest.mark.browser
 def test_a_digit_drawn_with_the_mouse_is_read_and_nothing_is_fetched_elsewhere(
-    server: str,
+    server: str, browser: object
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        message = "Chromium is missing: apt-get install -y chromium (.ci/run does this)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.set_default_timeout(30_000)
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(server)
-            page.get_by_role("button", name="Brush").click()
-            canvas = max(
-                (c.bounding_box() for c in page.locator("canvas").all()),
-                key=lambda box: box["width"] * box["height"],
-            )
-            # A 7: a bar across the top, then a stroke down to the bottom left.
-            x, y, w, h = canvas["x"], canvas["y"], canvas["width"], canvas["height"]
-            page.mouse.move(x + 0.3 * w, y + 0.2 * h)
-            page.mouse.down()
-            page.mouse.move(x + 0.7 * w, y + 0.2 * h, steps=20)
-            page.mouse.move(x + 0.45 * w, y + 0.85 * h, steps=30)
-            page.mouse.up()
-            page.get_by_role("button", name="Classify the drawing").click()
-            expect(
-                page.get_by_text("with", exact=False).filter(has_text="% confidence")
-            ).to_have_text(re.compile(r"^7 with [\d.]+% confidence"))
-            expect(page.locator("#model-input img")).to_be_visible()
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.set_default_timeout(30_000)
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(server)
+        page.get_by_role("button", name="Brush").click()
+        canvas = max(
+            (c.bounding_box() for c in page.locator("canvas").all()),
+            key=lambda box: box["width"] * box["height"],
+        )
+        # A 7: a bar across the top, then a stroke down to the bottom left.
+        x, y, w, h = canvas["x"], canvas["y"], canvas["width"], canvas["height"]
+        page.mouse.move(x + 0.3 * w, y + 0.2 * h)
+        page.mouse.down()
+        page.mouse.move(x + 0.7 * w, y + 0.2 * h, steps=20)
+        page.mouse.move(x + 0.45 * w, y + 0.85 * h, steps=30)
+        page.mouse.up()
+        page.get_by_role("button", name="Classify the drawing").click()
+        expect(page.get_by_text("with", exact=False).filter(has_text="% confidence")).to_have_text(
+            re.compile(r"^7 with [\d.]+% confidence")
+        )
+        expect(page.locator("#model-input img")).to_be_visible()
+    finally:
+        page.close()
     elsewhere = [u for u in requests if not u.startswith((server, "data:", "blob:"))]
     assert not elsewhere, f"requests to other origins: {elsewhere[:5]}"

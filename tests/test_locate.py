@@ -300,11 +300,6 @@ def scene(kind: str) -> Scene:
     return SCENES[kind]()
 
 
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.from_checkpoint()
-
-
 def assert_clean_reading(predictor: Predictor, drawn: np.ndarray, digit: int) -> None:
     """The drawing itself must be a clear ``digit`` to the model (dark ink on plain white),
     or the test, not the front end, is at fault."""
@@ -333,17 +328,17 @@ def assert_box_around(located: Located, box: tuple[int, int, int, int]) -> None:
 
 
 @pytest.mark.parametrize("kind", SCENES)
-def test_the_digit_in_the_scene_is_read(kind: str, predictor: Predictor) -> None:
+def test_the_digit_in_the_scene_is_read(kind: str, shipped_predictor: Predictor) -> None:
     s = scene(kind)
-    assert_clean_reading(predictor, s.drawn, s.digit)
-    _, digit, read = reading(predictor, s.image)
+    assert_clean_reading(shipped_predictor, s.drawn, s.digit)
+    _, digit, read = reading(shipped_predictor, s.image)
     assert digit == s.digit, f"{kind}: {read}"
 
 
 @pytest.mark.parametrize("kind", SCENES)
-def test_the_located_digit_is_where_it_was_drawn(kind: str, predictor: Predictor) -> None:
+def test_the_located_digit_is_where_it_was_drawn(kind: str, shipped_predictor: Predictor) -> None:
     s = scene(kind)
-    located = predictor.locate(s.image)
+    located = shipped_predictor.locate(s.image)
     assert_box_around(located, s.box)
     assert located.dark_ink is s.dark_ink
     assert located.marks == 1
@@ -367,12 +362,12 @@ def big_sideways_phone_photo() -> Scene:
     return Scene(with_exif_orientation(big, 6), 2, drawn, box, True)
 
 
-def test_big_sideways_phone_photo(predictor: Predictor) -> None:
+def test_big_sideways_phone_photo(shipped_predictor: Predictor) -> None:
     s = big_sideways_phone_photo()
-    assert_clean_reading(predictor, s.drawn, s.digit)
+    assert_clean_reading(shipped_predictor, s.drawn, s.digit)
     stored = Image.open(io.BytesIO(s.image))
     assert stored.size == (4000, 3000) and stored.getexif()[0x0112] == 6
-    located, digit, read = reading(predictor, s.image)
+    located, digit, read = reading(shipped_predictor, s.image)
     assert digit == s.digit, read
     assert_box_around(located, s.box)
     assert located.dark_ink and located.marks == 1
@@ -405,14 +400,14 @@ def handwriting_on_desk(pixels: np.ndarray, digit: int, paper: str, seed: int) -
     ],
 )
 def test_mnist_handwriting_on_a_sheet_on_a_desk(
-    index: int, paper: str, test_split, predictor: Predictor
+    index: int, paper: str, test_split, shipped_predictor: Predictor
 ) -> None:
     # A digit by one of MNIST's writers, enlarged to a pen digit on a sheet on a desk.
     digit = int(test_split.labels[index])
     pixels = test_split.images[index].numpy()
-    assert predictor.predict_inputs(pixels[None])[0].digit == digit  # sanity: the raw digit
+    assert shipped_predictor.predict_inputs(pixels[None])[0].digit == digit  # sanity: the raw digit
     s = handwriting_on_desk(pixels, digit, paper, seed=10 + index)
-    located, read_digit, read = reading(predictor, s.image)
+    located, read_digit, read = reading(shipped_predictor, s.image)
     assert read_digit == digit, read
     assert_box_around(located, s.box)
 
@@ -420,24 +415,26 @@ def test_mnist_handwriting_on_a_sheet_on_a_desk(
 # --------------------------------------------------------------------------- Located facts
 
 
-def test_polarity_is_reported(predictor: Predictor) -> None:
+def test_polarity_is_reported(shipped_predictor: Predictor) -> None:
     drawn = stroke_digit(7, 200, stroke=14)
-    assert predictor.locate(on_paper(drawn)).dark_ink is True
-    assert predictor.locate(drawn).dark_ink is False
+    assert shipped_predictor.locate(on_paper(drawn)).dark_ink is True
+    assert shipped_predictor.locate(drawn).dark_ink is False
     # Light ink on a dark page that is not black (a chalkboard), and dark ink on a gray one.
-    assert predictor.locate(0.2 + 0.7 * drawn).dark_ink is False
-    assert predictor.locate(0.6 - 0.5 * drawn).dark_ink is True
+    assert shipped_predictor.locate(0.2 + 0.7 * drawn).dark_ink is False
+    assert shipped_predictor.locate(0.6 - 0.5 * drawn).dark_ink is True
 
 
-def test_two_digits_side_by_side_are_two_marks(predictor: Predictor) -> None:
+def test_two_digits_side_by_side_are_two_marks(shipped_predictor: Predictor) -> None:
     line = np.zeros((200, 340), np.float32)
     line += place(stroke_digit(4, 160, stroke=12), line.shape, 10, 20)
     line += place(stroke_digit(7, 160, stroke=12), line.shape, 170, 20)
-    located = predictor.locate(on_paper(np.clip(line, 0, 1)))
+    located = shipped_predictor.locate(on_paper(np.clip(line, 0, 1)))
     assert located.marks == 2
     x0, _, x1, _ = ink_box(line)
     assert located.box[0] <= x0 + 3 and located.box[2] >= x1 - 3  # both digits in the box
-    single = predictor.locate(on_paper(place(stroke_digit(4, 160, stroke=12), line.shape, 90, 20)))
+    single = shipped_predictor.locate(
+        on_paper(place(stroke_digit(4, 160, stroke=12), line.shape, 90, 20))
+    )
     assert single.marks == 1
 
 
@@ -498,18 +495,18 @@ KNOWN_LIMITS = {
         for k in NO_DIGIT
     ],
 )
-def test_no_digit(kind: str, predictor: Predictor) -> None:
+def test_no_digit(kind: str, shipped_predictor: Predictor) -> None:
     with pytest.raises(NoDigitError):
-        located = predictor.locate(NO_DIGIT[kind]())
+        located = shipped_predictor.locate(NO_DIGIT[kind]())
         pytest.fail(f"{kind}: found a digit at {located.box}, marks {located.marks}")
 
 
-def test_the_no_digit_pages_hold_a_digit_once_written_on(predictor: Predictor) -> None:
+def test_the_no_digit_pages_hold_a_digit_once_written_on(shipped_predictor: Predictor) -> None:
     # The same pages with a digit on them are read: NoDigitError above is about the page
     # being empty, not about these pages being unreadable.
     for background in (blank_ruled_page(), shadow(page(240, 320), (170, 120), 35)):
         image, _, _ = full_page(4, background)
-        assert predictor.predict(to_uint8(image)).digit == 4
+        assert shipped_predictor.predict(to_uint8(image)).digit == 4
 
 
 # --------------------------------------------------------------------------- exact shortcuts

@@ -1,35 +1,13 @@
-"""The networks: shapes, parameter counts, and the seed's checkpoint format both ways."""
+"""The networks: shapes, parameter counts, and the seed's network: the same keys, its weights
+load both ways and compute the same function. Saving and loading files: test_checkpoint.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from conftest import SeedCNN
 
-from mnist_cnn.checkpoint import load_model, save_model
 from mnist_cnn.model import ARCHITECTURES, MNISTCNN, build_model, count_parameters
-
-
-class SeedCNN(nn.Module):
-    """The seed's network as its own script wrote it: the reference for our MNISTCNN."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1, 1)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.fc1 = nn.Linear(64 * 7 * 7, 128)
-        self.fc2 = nn.Linear(128, 10)
-        self.dropout = nn.Dropout(0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = x.view(-1, 64 * 7 * 7)
-        return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -56,32 +34,6 @@ def test_seed_weights_load_and_compute_the_same_function() -> None:
     torch.testing.assert_close(ours(x), seed(x))
     # and back: our weights load into the seed's class
     SeedCNN().load_state_dict(MNISTCNN().state_dict())
-
-
-def test_plain_seed_state_dict_file_loads_without_metadata(tmp_path: Path) -> None:
-    seed = SeedCNN().eval()
-    path = tmp_path / "seed.pth"
-    torch.save(seed.state_dict(), path)
-    loaded = load_model(path)
-    assert loaded.architecture == "MNISTCNN" and loaded.mean == 0.1307 and loaded.std == 0.3081
-    x = torch.randn(3, 1, 28, 28)
-    torch.testing.assert_close(loaded.model(x), seed(x))
-
-
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_saved_model_loads_as_the_documented_one_liner(tmp_path: Path, name: str) -> None:
-    model = build_model(name).to(memory_format=torch.channels_last).eval()
-    path = tmp_path / "m.pth"
-    save_model(model, path, {"architecture": name, "input": {"mean": 0.5, "std": 0.2}})
-    state = torch.load(path, map_location="cpu")
-    assert all(t.is_contiguous() for t in state.values())
-    fresh = ARCHITECTURES[name]().eval()
-    fresh.load_state_dict(state)
-    loaded = load_model(path)
-    assert (loaded.architecture, loaded.mean, loaded.std) == (name, 0.5, 0.2)
-    assert loaded.metadata["weights_sha256"]
-    x = torch.randn(2, 1, 28, 28)
-    torch.testing.assert_close(loaded.model(x), model(x))
 
 
 def test_unknown_architecture_is_an_error() -> None:

@@ -1,21 +1,20 @@
-"""The Predictor: every checkpoint failure is a clear CheckpointError (a pickle that would run
-code included), the API's shapes and batching, and real accuracy on uploads."""
+"""The Predictor: what it loads (an ONNX file needs the ONNX backend; by default, the shipped
+model), the API's shapes and batching, and real accuracy on uploads. The checkpoint's own
+failures, through the Predictor too, are in test_checkpoint.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from _imaging import encode, font_digit, gray8, on_paper, seven
-from conftest import save_checkpoint
 
 from mnist_cnn.checkpoint import CheckpointError
-from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN, FastCNN
+from mnist_cnn.model import MNIST_MEAN, MNIST_STD, MNISTCNN
 from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Prediction, Predictor
 from mnist_cnn.preprocess import NoDigitError, UnsupportedImageError
@@ -26,120 +25,10 @@ def predictor(random_weights: Path) -> Predictor:
     return Predictor.from_checkpoint(random_weights)
 
 
-@pytest.fixture(scope="module")
-def shipped() -> Predictor:
-    return Predictor.from_checkpoint()
-
-
 PAPER_SEVEN = encode(gray8(on_paper(seven())), "PNG")
 
 
-# --------------------------------------------------------------------------- checkpoint failures
-
-
-class RunsCode:
-    """A pickle payload that creates ``marker`` when unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (Path.touch, (self.marker,))
-
-
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    # The payload is live: plain unpickling runs it.
-    proof = tmp_path / "proof"
-    pickle.loads(pickle.dumps(RunsCode(proof)))
-    assert proof.exists()
-
-    for name, write in {
-        "torch.save": lambda p: torch.save({"conv1.weight": RunsCode(marker)}, p),
-        "plain pickle": lambda p: p.write_bytes(pickle.dumps(RunsCode(marker))),
-    }.items():
-        path = tmp_path / f"{name.replace(' ', '_')}.pth"
-        write(path)
-        with pytest.raises(CheckpointError, match="refused|not a readable") as info:
-            Predictor.from_checkpoint(path)
-        assert str(path) in str(info.value), name
-        assert not marker.exists(), f"{name}: the pickle ran code"
-
-
-def _truncated(random_weights: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "truncated.pth"
-    data = random_weights.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def _corrupt(random_weights: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "corrupt.pth"
-    path.write_bytes(np.random.default_rng(0).bytes(random_weights.stat().st_size))
-    return path
-
-
-def _empty(random_weights: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "empty.pth"
-    path.write_bytes(b"")
-    return path
-
-
-def _missing(random_weights: Path, tmp_path: Path) -> Path:
-    return tmp_path / "missing.pth"
-
-
-def _other_architecture(random_weights: Path, tmp_path: Path) -> Path:
-    # FastCNN weights whose metadata claims the seed CNN.
-    return save_checkpoint(FastCNN(), tmp_path / "fast_as_seed.pth", "MNISTCNN")
-
-
-def _wrong_shapes(random_weights: Path, tmp_path: Path) -> Path:
-    # The seed's keys, but a 256-unit hidden layer: same names, other shapes.
-    state = MNISTCNN().state_dict()
-    state["fc1.weight"] = torch.zeros(256, 3136)
-    state["fc1.bias"] = torch.zeros(256)
-    state["fc2.weight"] = torch.zeros(10, 256)
-    path = tmp_path / "wide.pth"
-    torch.save(state, path)
-    return path
-
-
-def _not_a_state_dict(random_weights: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "list.pth"
-    torch.save([torch.zeros(3)], path)
-    return path
-
-
-def _bad_metadata(random_weights: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "meta.pth"
-    path.write_bytes(random_weights.read_bytes())
-    path.with_suffix(".json").write_text("{not json")
-    return path
-
-
-@pytest.mark.parametrize(
-    ("make", "words"),
-    [
-        (_missing, "not found"),
-        (_empty, "empty"),
-        (_truncated, "truncated or corrupt"),
-        (_corrupt, "truncated or corrupt"),
-        (_other_architecture, "do not fit"),
-        (_wrong_shapes, "do not fit"),
-        (_not_a_state_dict, "expected a state_dict"),
-        (_bad_metadata, "not valid JSON"),
-    ],
-)
-def test_checkpoint_failures(make, words: str, random_weights: Path, tmp_path: Path) -> None:
-    path = make(random_weights, tmp_path)
-    with pytest.raises(CheckpointError) as info:
-        Predictor.from_checkpoint(path)
-    message = str(info.value)
-    assert words in message
-    assert path.name in message  # which file
-    assert message.endswith((".", "?"))  # a sentence, usually with what to do
+# --------------------------------------------------------------------------- loading
 
 
 def test_onnx_file_needs_the_onnx_backend(tmp_path: Path) -> None:
@@ -154,8 +43,8 @@ def test_unknown_backend(random_weights: Path) -> None:
         Predictor.from_checkpoint(random_weights, backend="tensorflow")
 
 
-def test_default_is_the_shipped_model(shipped: Predictor) -> None:
-    assert shipped.info.path == SHIPPED_MODEL
+def test_default_is_the_shipped_model() -> None:
+    assert Predictor.from_checkpoint().info.path == SHIPPED_MODEL
 
 
 # --------------------------------------------------------------------------- the API
@@ -246,7 +135,9 @@ def test_info(predictor: Predictor, random_weights: Path) -> None:
 # ------------------------------------------------------------ accuracy (shipped model)
 
 
-def test_shipped_model_reads_mnist_digits_as_photos(shipped: Predictor, test_split) -> None:
+def test_shipped_model_reads_mnist_digits_as_photos(
+    shipped_predictor: Predictor, test_split
+) -> None:
     # MNIST test digits printed dark on light paper, enlarged, saved as JPEG.
     digits = test_split.images[:300].numpy()
     labels = test_split.labels[:300].numpy()
@@ -254,12 +145,12 @@ def test_shipped_model_reads_mnist_digits_as_photos(shipped: Predictor, test_spl
     for d in digits:
         big = np.asarray(gray8(d / 255).resize((140, 140)), np.float32) / 255
         uploads.append(encode(gray8(on_paper(big)), "JPEG", quality=85))
-    predicted = np.array([p.digit for p in shipped.predict_batch(uploads)])
+    predicted = np.array([p.digit for p in shipped_predictor.predict_batch(uploads)])
     assert (predicted == labels).mean() >= 0.98
 
 
-def test_shipped_model_reads_printed_digits(shipped: Predictor) -> None:
+def test_shipped_model_reads_printed_digits(shipped_predictor: Predictor) -> None:
     uploads = [encode(gray8(on_paper(font_digit(d))), "PNG") for d in range(10)]
     uploads += [gray8(font_digit(d, size=90, canvas=300)) for d in range(10)]  # white on black
-    predicted = [p.digit for p in shipped.predict_batch(uploads)]
+    predicted = [p.digit for p in shipped_predictor.predict_batch(uploads)]
     assert predicted == list(range(10)) * 2

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _web_fixtures import REPO_ROOT
 from PIL import Image, ImageDraw
 
-from mnist_cnn import paths
-from mnist_cnn.checkpoint import load_model
 from mnist_cnn.predict import Predictor
 from mnist_cnn.preprocess import normalise
 from mnist_cnn.unsure import (
@@ -29,9 +28,6 @@ from mnist_cnn.unsure import (
     input_geometry,
     logit_scores,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = paths.SHIPPED_MODEL
 
 
 def one_hot_logits(*rows: dict[int, float]) -> np.ndarray:
@@ -342,10 +338,10 @@ def test_tool_writes_only_its_entry(tool, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def shipped() -> tuple[Predictor, UnsurePolicy]:
-    loaded = load_model(SHIPPED_MODEL)
-    policy = UnsurePolicy.from_metadata(loaded.metadata.get("unsure"))
-    return Predictor.from_checkpoint(SHIPPED_MODEL), policy
+def shipped(shipped_predictor: Predictor) -> tuple[Predictor, UnsurePolicy]:
+    """The shipped model and the policy its metadata stores."""
+    policy = UnsurePolicy.from_metadata(shipped_predictor.info.metadata.get("unsure"))
+    return shipped_predictor, policy
 
 
 def judge(predictor: Predictor, policy: UnsurePolicy, image: object) -> Unsure | None:

@@ -22,17 +22,18 @@ import socket
 import struct
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _imaging import png_chunk
 from _web_fixtures import (
     as_canvas,
     as_scan,
     data_url,
+    multipart,
     png_bytes,
     running_server,
     sample_digits,
@@ -179,16 +180,15 @@ def test_model_reports_the_checkpoint_metadata(client: FlaskClient) -> None:
 
 
 def test_upload_of_mnist_digits_matches_the_library_and_the_labels(
-    client: FlaskClient, digits: list[tuple[np.ndarray, int]]
+    client: FlaskClient, digits: list[tuple[np.ndarray, int]], shipped_predictor: Predictor
 ) -> None:
-    predictor = Predictor.from_checkpoint(SHIPPED_MODEL)
     correct = 0
     for image, label in digits:
         png = png_bytes(image)
         response = post_file(client, png)
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
-        expected = predictor.predict(png)
+        expected = shipped_predictor.predict(png)
         # The web app answers exactly what the library answers...
         assert body["digit"] == expected.digit
         assert body["probabilities"] == pytest.approx(list(expected.probabilities), abs=1e-5)
@@ -430,13 +430,8 @@ def test_415_for_what_is_not_a_supported_image(
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels, with no pixel data at all."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
 
 
 def test_422_for_an_image_without_a_digit_or_over_the_pixel_cap(client: FlaskClient) -> None:
@@ -582,19 +577,6 @@ def test_serve_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None
 # --------------------------------------------------------------------------- production server
 
 
-def _multipart(png: bytes) -> tuple[bytes, dict[str, str]]:
-    boundary = "mnistcnnboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="multi-worker serving needs fork")
 def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> None:
     with running_server("--workers", "2", "--threads", "2") as server:
@@ -610,8 +592,10 @@ def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> N
         pngs = [png_bytes(image) for image, _ in digits]
 
         def ask(png: bytes) -> int:
-            payload, headers = _multipart(png)
-            status, _, raw = server.request("POST", "/api/predict", payload, headers)
+            payload, content_type = multipart(png)
+            status, _, raw = server.request(
+                "POST", "/api/predict", payload, {"Content-Type": content_type}
+            )
             assert status == 200, raw
             return json.loads(raw)["digit"]
 
