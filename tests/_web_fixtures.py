@@ -16,6 +16,7 @@ import base64
 import contextlib
 import http.client
 import io
+import os
 import shutil
 import signal
 import socket
@@ -197,3 +198,132 @@ def running_server(*options: str, startup_timeout: float = 90.0) -> Iterator[Ser
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def bomb_png(side: int = 6300, mode: str = "RGBA") -> bytes:
+    """A small PNG of ``side`` x ``side`` pixels (40 MP at the default 6300: under the pixel
+    cap) that is costly to decode: a dark bar on white, in ``mode`` (RGBA is the mode whose
+    decoding takes the most memory). About 160 kB at the default size."""
+    from PIL import ImageDraw
+
+    background = {"RGBA": (255, 255, 255, 255), "RGB": (255, 255, 255), "LA": (255, 255)}
+    ink = {"RGBA": (0, 0, 0, 255), "RGB": (0, 0, 0), "LA": (0, 255)}
+    image = Image.new(mode, (side, side), background.get(mode, 255))
+    bar = [(side // 2, side // 4), (side // 2, 3 * side // 4)]
+    ImageDraw.Draw(image).line(bar, fill=ink.get(mode, 0), width=max(1, side // 40))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The pids of a running server's worker processes (its live children, from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == server_pid and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+# What ``running_server_config`` runs: ``serve`` with ServeConfig fields from its argument
+# (JSON), logging as ``mnist-cnn serve`` does.
+_SERVE_CONFIG_SCRIPT = """
+import json, logging, sys
+from mnist_cnn.web.server import ServeConfig, serve
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+serve(ServeConfig(**json.loads(sys.argv[1])))
+print("server stopped", file=sys.stderr)
+"""
+
+
+@contextlib.contextmanager
+def running_server_config(startup_timeout: float = 90.0, **fields: object) -> Iterator[Server]:
+    """The production server with ``ServeConfig`` fields the command line does not set
+    (``header_timeout_s=1``, ``connection_limit=10``...), on a free loopback port, in a
+    process of its own; stopped on exit, as ``running_server`` does."""
+    import json
+
+    port = free_port()
+    config = {"host": "127.0.0.1", "port": port, **fields}
+    command = [sys.executable, "-c", _SERVE_CONFIG_SCRIPT, json.dumps(config)]
+    with _server_process(command, port, startup_timeout) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _server_process(command: list[str], port: int, startup_timeout: float) -> Iterator[Server]:
+    """Run ``command`` (a server that listens on ``port``), wait until /api/health answers,
+    and always stop it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        server = Server(process, port, log_path)
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited at start-up:\n{server.log()}")
+                try:
+                    if server.request("GET", "/api/health")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start in time:\n{server.log()}")
+                time.sleep(0.2)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def established_connections(port: int, pids: list[int]) -> dict[int, int]:
+    """How many established TCP connections to local ``port`` each of ``pids`` holds
+    (Linux /proc)."""
+    owner = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owner[int(target[8:-1])] = pid
+    counts = dict.fromkeys(pids, 0)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                inode = int(fields[9])
+                if local_port == port and fields[3] == "01" and inode in owner:
+                    counts[owner[inode]] += 1
+    return counts
+
+
+def memory_mb(pids: list[int]) -> tuple[float, float]:
+    """(summed RSS, summed PSS) in MB of the live processes ``pids`` (Linux /proc)."""
+    rss = pss = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+    return rss / 1024, pss / 1024

@@ -10,8 +10,10 @@ in ``_web_fixtures.py``, which imports no pytest.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -108,6 +110,25 @@ def save_checkpoint(
     }
     save_model(model, path, {**base, **metadata})
     return path
+
+
+def disk_full_for(monkeypatch: pytest.MonkeyPatch, names: Callable[[str], bool]) -> None:
+    """Make ``mnist_cnn.atomic`` write the files whose names satisfy ``names`` to /dev/full:
+    the kernel's own "No space left on device" (ENOSPC), where torch.save into a file gave
+    "enforce fail at inline_container.cc"."""
+    from mnist_cnn import atomic
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux)")
+
+    def mkstemp(dir: str, prefix: str, suffix: str) -> tuple[int, str]:
+        fd, tmp = tempfile.mkstemp(dir=dir, prefix=prefix, suffix=suffix)
+        if names(prefix[1:-1]):  # ".<name>." -> <name>
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, tmp
+
+    monkeypatch.setattr(atomic, "tempfile", SimpleNamespace(mkstemp=mkstemp))
 
 
 @pytest.fixture(scope="session")

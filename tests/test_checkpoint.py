@@ -11,8 +11,10 @@ All fast: random weights, files in ``tmp_path``, no training.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SeedCNN, save_checkpoint
+from conftest import SeedCNN, disk_full_for, save_checkpoint
 
 from mnist_cnn import paths
 from mnist_cnn.checkpoint import (
@@ -457,3 +459,399 @@ def test_bad_json_beside_the_weights(
     message = str(info.value)
     assert words in message
     assert str(meta) in message  # the JSON file is named: that is the one to fix
+
+
+# --------------------------------------------------------------------------- nonsense models
+# Each of these loaded before the one validation step of load_model, and served NaN (or
+# crashed with a traceback instead of a CheckpointError).
+
+
+def _weights(tmp_path: Path, name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Path:
+    """The seed CNN's random weights, each tensor changed by ``change``, without a JSON."""
+    path = tmp_path / f"{name}.pth"
+    torch.save({k: change(v) for k, v in random_model().state_dict().items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("load", list(LOADERS.values()), ids=list(LOADERS))
+@pytest.mark.parametrize(
+    ("name", "change", "words"),
+    [
+        ("nan", lambda t: t * float("nan"), "NaN or infinite values (in conv1.weight"),
+        ("inf", lambda t: t + float("inf"), "NaN or infinite values"),
+        # float64 weights that float32 cannot hold become infinite when loaded.
+        ("overflow", lambda t: t.double() * 1e300, "NaN or infinite values"),
+        ("bool", lambda t: t > 0, "conv1.weight holds bool values"),
+        ("int", lambda t: (t * 100).long(), "conv1.weight holds int64 values"),
+        ("complex", lambda t: t.to(torch.complex64), "conv1.weight holds complex64 values"),
+    ],
+)
+def test_nonsense_weights_are_refused(
+    load: Callable[[Path], object], name: str, change, words: str, tmp_path: Path
+) -> None:
+    path = _weights(tmp_path, name, change)
+    with pytest.raises(CheckpointError) as info:
+        load(path)
+    assert words in str(info.value) and path.name in str(info.value)
+
+
+def test_finite_weights_with_nan_outputs_are_refused(tmp_path: Path) -> None:
+    # Batch norm divides by sqrt(running_var): a negative variance gives NaN for every input,
+    # although each number in the file is finite.
+    model = random_model(FastCNN)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(-1.0)
+    path = tmp_path / "negative_variance.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="outputs are NaN or infinite") as info:
+        load_model(path)
+    assert path.name in str(info.value)
+
+
+def test_half_precision_weights_still_load(tmp_path: Path) -> None:
+    # Floating point of another width is a state_dict as good as any: it is cast, not refused.
+    model = random_model()
+    path = tmp_path / "half.pth"
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, path)
+    loaded = load_model(path)
+    assert loaded.model.conv1.weight.dtype == torch.float32
+
+
+def test_integer_state_dict_keys_are_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "numbered.pth"
+    torch.save(dict(enumerate(random_model().state_dict().values())), path)
+    with pytest.raises(CheckpointError, match="keys include int 0, not a parameter name") as info:
+        load_model(path)
+    assert path.name in str(info.value)
+
+
+def test_a_dict_of_other_things_says_what_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.pth"
+    torch.save({"conv1.weight": [1.0, 2.0], "conv1.bias": {"a": 1}, "epoch": 3}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "values include list ('conv1.weight'), dict ('conv1.bias'), int ('epoch')" in message
+    assert "found dict." not in message  # not just the outer type
+
+
+@pytest.mark.parametrize("head", [b"\x80", b"P", b"PK", b"\x80\x02", b"PK\x03"])
+def test_a_few_bytes_are_a_truncated_file(head: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pth"
+    path.write_bytes(head)
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
+        load_model(path)
+    assert "refused" not in str(info.value)  # not called an unsafe pickle either
+
+
+def test_nested_wrapper_prefixes_in_any_order(tmp_path: Path) -> None:
+    # torch.compile of a DataParallel model: "_orig_mod.module." (the other order is tested
+    # with the single prefixes above).
+    model = random_model(FastCNN, seed=5)
+    path = tmp_path / "compiled_parallel.pth"
+    state = {"_orig_mod.module._orig_mod." + k: v for k, v in model.state_dict().items()}
+    torch.save(state, path)
+    loaded = load_model(path)
+    assert loaded.architecture == "FastCNN"
+    assert_same_weights(loaded.model, model.state_dict())
+
+
+def _with_json(random_weights: Path, tmp_path: Path, meta: object) -> Path:
+    """A copy of ``random_weights`` whose JSON is its own with ``meta`` merged in (or, for a
+    string, that text), and the right weights_sha256."""
+    path = tmp_path / "model.pth"
+    path.write_bytes(random_weights.read_bytes())
+    if isinstance(meta, str):
+        metadata_path(path).write_text(meta)
+    else:
+        own = json.loads(metadata_path(random_weights).read_text())
+        metadata_path(path).write_text(json.dumps({**own, **meta}))
+    return path
+
+
+@pytest.mark.parametrize("load", list(LOADERS.values()), ids=list(LOADERS))
+@pytest.mark.parametrize(
+    ("meta", "words"),
+    [
+        pytest.param(
+            {"input": {"mean": 0.1, "std": 0}}, "input.std must be greater than 0", id="std 0"
+        ),
+        pytest.param(
+            {"input": {"mean": 0.1, "std": -0.3}}, "input.std must be greater than 0", id="std<0"
+        ),
+        pytest.param('{"input": {"std": NaN}}', "NaN is not a JSON number", id="std NaN"),
+        pytest.param(
+            '{"input": {"mean": Infinity}}', "Infinity is not a JSON number", id="mean inf"
+        ),
+        pytest.param(
+            '{"input": {"mean": 1e400}}', "1e400' is too large for a number", id="mean 1e400"
+        ),
+        pytest.param(
+            {"input": {"mean": "0.13"}}, "input.mean must be a finite number", id="mean str"
+        ),
+        pytest.param({"input": {"std": True}}, "input.std must be a finite number", id="std bool"),
+        pytest.param({"input": [0.1, 0.3]}, "'input' must be an object, not list", id="input list"),
+        pytest.param(
+            {"metrics": [0.99]}, "'metrics' must be an object, not list", id="metrics list"
+        ),
+        pytest.param(
+            {"metrics": {"test_accuracy": "99%"}}, "metrics.test_accuracy must be", id="metric str"
+        ),
+        pytest.param(
+            {"architecture": 5}, "'architecture' must be a string, not int", id="arch int"
+        ),
+        pytest.param({"weights_sha256": 12}, "'weights_sha256' must be 64", id="sha int"),
+        pytest.param(
+            {"unsure": {"format_version": 1, "thresholds": {"min_confidence": 5}}},
+            "bad 'unsure' entry (min_confidence is a probability",
+            id="unsure 5",
+        ),
+        pytest.param(
+            {"unsure": {"format_version": 1, "thresholds": {"max_holes": "2"}}},
+            "bad 'unsure' entry (max_holes must be",
+            id="unsure str",
+        ),
+        pytest.param({"unsure": [1]}, "bad 'unsure' entry", id="unsure list"),
+        pytest.param("[" * 100_000 + "]" * 100_000, "nested too deeply", id="100k arrays"),
+        pytest.param(
+            '{"a":' * 100_000 + "1" + "}" * 100_000, "nested too deeply", id="100k objects"
+        ),
+        pytest.param(
+            {"training": json.loads("[" * 40 + "]" * 40)}, "nested more than 32", id="40 deep"
+        ),
+    ],
+)
+def test_bad_metadata_fields_are_refused(
+    load: Callable[[Path], object], meta: object, words: str, random_weights: Path, tmp_path: Path
+) -> None:
+    path = _with_json(random_weights, tmp_path, meta)
+    with pytest.raises(CheckpointError) as info:
+        load(path)
+    message = str(info.value)
+    assert words in message, message
+    assert str(metadata_path(path)) in message  # the JSON is the file to fix
+    assert message.endswith(".") and "\n" not in message
+
+
+def test_a_huge_sidecar_is_refused_without_reading_it(random_weights: Path, tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(random_weights.read_bytes())
+    with metadata_path(path).open("wb") as f:
+        f.truncate(200 << 20)  # 200 MB (sparse: instant to make)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="larger than 4 MB") as info:
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(metadata_path(path)) in str(info.value)
+    assert peak < 32 << 20  # a few MB read, not 200 MB (nor the 4 GB of parsing it)
+
+
+# --------------------------------------------------------------------------- weights and JSON
+
+
+def test_json_of_other_weights_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = save_checkpoint(random_model(seed=1), tmp_path / "m.pth")
+    torch.save(random_model(seed=2).state_dict(), path)  # new weights beside the old JSON
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert f"{metadata_path(path)} describes other weights than m.pth" in message
+    assert "Save or promote the model again" in message and "delete the JSON" in message
+    # What the message says works: without the JSON they are a plain seed-format model.
+    metadata_path(path).unlink()
+    assert load_model(path).metadata == {}
+
+
+def test_a_training_state_is_not_described_by_the_models_json(tmp_path: Path) -> None:
+    # runs/x/mnist_cnn_model.ckpt sits beside the .pth's JSON; metadata_path maps both to it.
+    final = save_checkpoint(
+        random_model(seed=1), tmp_path / "m.pth", metrics={"test_accuracy": 0.99}
+    )
+    state = random_model(seed=2).state_dict()
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"config": {"architecture": "MNISTCNN"}, "epoch": 1, "model": state}, ckpt)
+    assert metadata_path(ckpt) == metadata_path(final)
+    loaded = load_model(ckpt)
+    assert loaded.metadata == {} and loaded.info.test_accuracy is None  # not the .pth's 99%
+    assert_same_weights(loaded.model, state)
+
+
+class Killed(BaseException):
+    """The writer dying at a chosen moment (what kill -9 does, as far as the files go)."""
+
+
+def _kill_at_rename(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the ``n``-th ``os.replace`` (a rename: the only steps that change what a reader
+    sees) kill the writer before it happens."""
+    real = os.replace
+    calls = {"n": 0}
+
+    def replace(src: object, dst: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Killed
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _read_back(path: Path) -> tuple[float, dict[str, torch.Tensor]]:
+    loaded = load_model(path)
+    state = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
+    return loaded.info.metrics["test_accuracy"], state
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_a_killed_save_leaves_the_old_pair_or_the_new_one(
+    kill_at: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = random_model(seed=1), random_model(seed=2)
+    path = save_checkpoint(old, tmp_path / "m.pth", metrics={"test_accuracy": 0.9956})
+    _kill_at_rename(monkeypatch, kill_at)
+    with pytest.raises(Killed):
+        save_checkpoint(new, path, metrics={"test_accuracy": 0.1})
+    monkeypatch.undo()
+    accuracy, state = _read_back(path)
+    pairs = {0.9956: old.state_dict(), 0.1: new.state_dict()}
+    assert accuracy in pairs
+    for key, tensor in pairs[accuracy].items():
+        assert torch.equal(state[key], tensor), (accuracy, key)  # the weights of that JSON
+    # The next save completes or clears what the killed one left, and leaves nothing else.
+    save_checkpoint(new, path, metrics={"test_accuracy": 0.2})
+    assert _read_back(path)[0] == 0.2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pth"]
+
+
+def test_a_save_killed_after_its_json_is_read_as_the_new_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The third rename is the new weights taking their name, after the new JSON: a reader
+    # must already get the new pair, although the old weights are still under the name.
+    old, new = random_model(seed=1), random_model(seed=2)
+    path = save_checkpoint(old, tmp_path / "m.pth", metrics={"test_accuracy": 0.9956})
+    before = path.read_bytes()
+    _kill_at_rename(monkeypatch, 3)
+    with pytest.raises(Killed):
+        save_checkpoint(new, path, metrics={"test_accuracy": 0.1})
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # the old weights are still there, under the name
+    accuracy, state = _read_back(path)
+    assert accuracy == 0.1
+    for key, tensor in new.state_dict().items():
+        assert torch.equal(state[key], tensor), key
+
+
+def test_a_reader_between_two_renames_reads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader got the old JSON, then the writer finished, then it read the new weights:
+    # it must look again rather than call the pair torn.
+    from mnist_cnn import checkpoint
+
+    path = save_checkpoint(random_model(seed=1), tmp_path / "m.pth", metrics={"test_accuracy": 0.5})
+    fresh = tmp_path / "fresh"
+    save_checkpoint(random_model(seed=2), fresh / "m.pth", metrics={"test_accuracy": 0.7})
+    path.write_bytes((fresh / "m.pth").read_bytes())  # new weights, old JSON: torn for now
+    slept: list[float] = []
+
+    def writer_finishes(seconds: float) -> None:
+        slept.append(seconds)
+        metadata_path(path).write_bytes((fresh / "m.json").read_bytes())
+
+    monkeypatch.setattr(checkpoint.time, "sleep", writer_finishes)
+    assert load_model(path).info.test_accuracy == 0.7
+    assert len(slept) == 1
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
+    path = tmp_path / "m.pth"
+    broken = random_model()
+    with torch.no_grad():
+        broken.fc2.bias.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="NaN or infinite values \\(in fc2.bias\\)"):
+        save_model(broken, path, {"architecture": "MNISTCNN"})
+    with pytest.raises(CheckpointError, match="input.std must be greater than 0"):
+        save_model(random_model(), path, {"input": {"std": 0.0}})
+    with pytest.raises(CheckpointError, match="NaN or infinity"):
+        save_model(random_model(), path, {"history": [{"val_loss": float("nan")}]})
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("full", ["pending weights", "m.json"])
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_pair(
+    full: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_cnn import atomic
+
+    path = save_checkpoint(random_model(seed=1), tmp_path / "m.pth", metrics={"test_accuracy": 0.9})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # The new weights do not fit; or they do, and then their JSON does not.
+    disk_full_for(
+        monkeypatch, lambda name: name.endswith(".pending") if full != "m.json" else name == full
+    )
+    with pytest.raises(atomic.WriteError) as info:
+        save_checkpoint(random_model(seed=2), path, metrics={"test_accuracy": 0.1})
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert message.startswith(f"cannot write {tmp_path}") and "\n" not in message
+    assert message.endswith("No space left on device")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files
+    assert load_model(path).info.test_accuracy == 0.9
+
+
+# --------------------------------------------------------------------------- promote
+
+
+def test_promote_replaces_the_pair_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_cnn.checkpoint import promote
+
+    target = save_checkpoint(
+        random_model(seed=1), tmp_path / "models" / "m.pth", metrics={"test_accuracy": 0.9956}
+    )
+    run = save_checkpoint(
+        random_model(seed=2), tmp_path / "run" / "m.pth", metrics={"test_accuracy": 0.1}
+    )
+    for kill_at in (1, 2, 3):
+        _kill_at_rename(monkeypatch, kill_at)
+        with pytest.raises(Killed):
+            promote(run, target)
+        monkeypatch.undo()
+        accuracy, state = _read_back(target)
+        expected = {0.9956: random_model(seed=1), 0.1: random_model(seed=2)}[accuracy]
+        for key, tensor in expected.state_dict().items():
+            assert torch.equal(state[key], tensor), (kill_at, key)
+    assert promote(run, target) == target
+    assert target.read_bytes() == run.read_bytes()
+    assert metadata_path(target).read_bytes() == metadata_path(run).read_bytes()  # verbatim
+
+
+def test_promoting_a_model_without_json_records_its_hash(tmp_path: Path) -> None:
+    from mnist_cnn.checkpoint import promote
+
+    target = save_checkpoint(
+        random_model(seed=1), tmp_path / "models" / "m.pth", metrics={"test_accuracy": 0.99}
+    )
+    seed_format = tmp_path / "seed.pth"
+    torch.save(random_model(seed=2).state_dict(), seed_format)
+    promote(seed_format, target)
+    # The old JSON (99%) must not describe the new weights; the new one says only whose it is.
+    assert json.loads(metadata_path(target).read_text()) == {"weights_sha256": file_sha256(target)}
+    assert load_model(target).info.test_accuracy is None
+
+
+def test_a_training_state_is_not_promoted(tmp_path: Path) -> None:
+    from mnist_cnn.checkpoint import promote
+
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"config": {}, "epoch": 1, "model": random_model().state_dict()}, ckpt)
+    with pytest.raises(CheckpointError, match="a training state, not a model"):
+        promote(ckpt, tmp_path / "models" / "m.pth")
+    assert not (tmp_path / "models").exists()

@@ -252,12 +252,38 @@ def test_help_and_version_do_not_import_torch(option: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["serve", "--threads", "0"], "argument --threads: must be in [1, 64], got 0"),
+        (["serve", "--grace", "-1"], "argument --grace: must be at least 0, got -1"),
+        (["serve", "--port", "70000"], "argument --port: must be in [0, 65535], got 70000"),
+        (["serve", "--header-timeout", "0"], "argument --header-timeout: must be greater than 0"),
         (["train", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
-        (["train", "--threads", "-3"], "argument --threads: must be at least 0, got -3"),
+        (["train", "--device", "foo"], "argument --device: invalid choice: 'foo'"),
+        (["train", "--threads", "-3"], "argument --threads: must be in [0, 256], got -3"),
+        (["train", "--threads", "-1"], "argument --threads: must be in [0, 256], got -1"),
+        # torch started a million threads and crashed (a segfault, no message at all)
+        (["train", "--threads", "1000000"], "argument --threads: must be in [0, 256], got 1000000"),
         (["train", "--architecture", "resnet"], "invalid choice: 'resnet'"),
         (["train", "--schedule", "cosine"], "invalid choice: 'cosine'"),
         (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
+        (["train", "--epochs", "2.5"], "argument --epochs: expected an integer, got '2.5'"),
+        (["train", "--train-subset", "-5"], "argument --train-subset: must be at least 0, got -5"),
+        (["train", "--val-size", "0"], "argument --val-size: must be in [1, 60000), got 0"),
+        (["train", "--val-size", "60000"], "argument --val-size: must be in [1, 60000), got 60000"),
+        (
+            ["train", "--label-smoothing", "2"],
+            "argument --label-smoothing: must be in [0, 1), got 2",
+        ),
+        (["train", "--lr", "inf"], "argument --lr: must be a finite number, got inf"),
+        (["train", "--lr", "nan"], "argument --lr: must be a finite number, got nan"),
+        (["train", "--lr", "0"], "argument --lr: must be greater than 0, got 0"),
+        (["train", "--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
+        (["train", "--weight-decay", "-0.1"], "argument --weight-decay: must be at least 0"),
+        (["train", "--translate", "0.5"], "argument --translate: must be in [0, 0.5), got 0.5"),
+        (["train", "--outlier-weight", "-1"], "argument --outlier-weight: must be at least 0"),
+        (["train", "--seed", "-1"], "argument --seed: must be in [0, 9223372036854775807]"),
         (["evaluate", "--threads", "many"], "expected an integer, got 'many'"),
+        (["evaluate", "--threads", "100000"], "argument --threads: must be in [0, 256]"),
+        (["predict", "x.png", "--threads", "-1"], "argument --threads: must be in [0, 256]"),
         (["predict", "x.png", "--batch-size", "0"], "must be at least 1"),
     ],
 )
@@ -294,3 +320,72 @@ def test_install_hints_are_one_line_naming_the_extra() -> None:
         hint = install_hint(extra, "something")
         assert "\n" not in hint and f"pip install 'mnist-cnn[{extra}]'" in hint
         assert "something is missing" in hint
+
+
+def test_evaluate_refuses_a_model_that_outputs_nan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It reported 9.8% (every answer a 0) and exited 0; now the model does not load.
+    model = MNISTCNN()
+    with torch.no_grad():
+        model.fc2.bias.fill_(float("nan"))
+    path = tmp_path / "nan.pth"
+    torch.save(model.state_dict(), path)
+    reports = tmp_path / "reports"
+    assert main(["evaluate", "--model", str(path), "--report-dir", str(reports)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: the weights hold NaN or infinite values (in fc2.bias)" in err
+    assert not reports.exists()
+
+
+def test_train_with_an_unwritable_report_directory_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its parent is a file: refused even to root (a read-only directory is not, to root).
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    before = _promoted_model_in(tmp_path)
+    code = main(
+        [
+            "train", "--preset", "fast", "--epochs", "1", "--train-subset", "2000",
+            "--model-path", str(tmp_path / "models" / "mnist_cnn_model.pth"),
+            "--report-dir", str(blocker / "reports"), "--data-dir", str(REPO / "data" / "mnist"),
+        ]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert (
+        err == f"mnist-cnn: error: cannot write in {blocker / 'reports'}: Not a directory; "
+        "nothing was trained. Choose other places with --model-path and --report-dir.\n"
+    )
+    assert "epoch  1/1" not in out  # not one epoch spent
+    assert _promoted_model_in(tmp_path) == before  # the model there is the one it was
+
+
+def test_promote_onto_a_full_disk_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import disk_full_for, save_checkpoint
+
+    run = save_checkpoint(MNISTCNN(), tmp_path / "run" / "mnist_cnn_model.pth")
+    target = tmp_path / "models" / "mnist_cnn_model.pth"
+    disk_full_for(monkeypatch, lambda name: True)
+    assert main(["promote", str(run), "--to", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"mnist-cnn: error: cannot write {target}: No space left on device\n"
+    assert not target.exists()
+
+
+@pytest.mark.slow
+def test_evaluate_into_an_unwritable_report_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import save_checkpoint
+
+    model = save_checkpoint(MNISTCNN(), tmp_path / "m.pth")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["evaluate", "--model", str(model), "--report-dir", str(blocker / "r")]) == 1
+    *_, last = capsys.readouterr().err.splitlines()  # after "using model ..."
+    assert last.startswith(f"mnist-cnn: error: cannot write {blocker / 'r'}/")
+    assert last.endswith(": Not a directory")

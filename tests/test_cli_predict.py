@@ -6,8 +6,13 @@ is not a failure."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -221,3 +226,208 @@ def test_the_line_names_the_runner_up_when_it_is_a_contender() -> None:
     assert _prediction_line(Path("s.png"), sure) == (
         "s.png: 3  (97.1%)  top 3: 3 97.1%, 5 2.2%, 8 0.4%"
     )
+
+
+# --------------------------------------------------------------- paths that cannot be read
+# Every path given or found is reported exactly once, with an error code, and counts in the
+# exit status; nothing is skipped in silence, nothing blocks, nothing is a traceback.
+
+
+def _run_predict(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``mnist-cnn predict ARGS`` in a fresh process (the shipped model, as cwd has none);
+    a time limit turns a hang into a failure instead of a stuck suite."""
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_cnn", "predict", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def _reported(err: str, path: Path | str) -> int:
+    """How many error lines of stderr name ``path``."""
+    return sum(line.startswith(f"mnist-cnn: error: {path}: ") for line in err.splitlines())
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> Path:
+    """A folder with two good digits (3 in good/three.png, 5 in good/deeper/five.png)."""
+    root = tmp_path / "digits"
+    (root / "good" / "deeper").mkdir(parents=True)
+    (root / "good" / "three.png").write_bytes(encode(gray8(on_paper(font_digit(3))), "PNG"))
+    (root / "good" / "deeper" / "five.png").write_bytes(
+        encode(gray8(on_paper(font_digit(5))), "PNG")
+    )
+    return root
+
+
+def test_an_unreadable_folder_is_reported(
+    digits: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Listing the folder fails as it does for another user's chmod 700 folder (running as
+    # root, chmod cannot stop us reading it: the test below does it for real when it can).
+    locked = digits / "good" / "deeper"
+    scandir = os.scandir
+
+    def refusing(path: Any = ".") -> Any:
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    status = main(["predict", str(digits), "--json"])
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert status == 1
+    assert _reported(captured.err, locked) == 1
+    assert "Permission denied" in captured.err
+    records = {r["path"]: r for r in document["results"]}
+    assert records[str(locked)]["error"]["code"] == "unreadable_directory"
+    assert records[str(digits / "good" / "three.png")]["digit"] == 3
+    assert (document["predicted"], document["failed"]) == (1, 1)
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root reads a chmod 000 folder anyway (the test above simulates the refusal)",
+)
+def test_a_chmod_000_folder_is_reported(digits: Path, capsys) -> None:
+    locked = digits / "good" / "deeper"
+    locked.chmod(0)
+    try:
+        status = main(["predict", str(digits)])
+    finally:
+        locked.chmod(0o755)
+    captured = capsys.readouterr()
+    assert status == 1
+    assert _reported(captured.err, locked) == 1
+    assert "1 predicted, 1 failed" in captured.err
+
+
+def test_symlink_loops_are_reported_once_and_end(digits: Path, capsys) -> None:
+    (digits / "good" / "deeper" / "back").symlink_to("..")  # a link to a folder above it
+    (digits / "here").symlink_to(".")  # a link to the folder itself
+    (digits / "self.png").symlink_to("self.png")  # a link to itself: ELOOP
+    status = main(["predict", str(digits), "--json"])
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    records = {r["path"]: r for r in document["results"]}
+    assert status == 1
+    loops = [digits / "good" / "deeper" / "back", digits / "here", digits / "self.png"]
+    for loop in loops:
+        assert _reported(captured.err, loop) == 1, captured.err
+        assert records[str(loop)]["error"]["code"] == "symlink_loop"
+    # The good files once each (not again through the links), and nothing else.
+    assert sorted(records) == sorted(
+        [str(digits / "good" / "three.png"), str(digits / "good" / "deeper" / "five.png")]
+        + [str(loop) for loop in loops]
+    )
+    assert (document["predicted"], document["failed"]) == (2, 3)
+
+
+def test_links_to_folders_are_followed(digits: Path, tmp_path: Path, capsys) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "two.png").write_bytes(encode(gray8(on_paper(font_digit(2))), "PNG"))
+    (digits / "linked").symlink_to(elsewhere)
+    assert main(["predict", str(digits)]) == 0
+    assert f"{digits / 'linked' / 'two.png'}: 2 " in capsys.readouterr().out
+
+
+def test_a_dangling_link_is_reported(digits: Path, capsys) -> None:
+    (digits / "gone.png").symlink_to(digits / "missing.png")
+    (digits / "gone_folder").symlink_to(digits / "missing")  # could have been a folder
+    for args in ([str(digits)], [str(digits / "gone.png"), str(digits / "good")]):
+        status = main(["predict", *args])
+        captured = capsys.readouterr()
+        assert status == 1
+        assert _reported(captured.err, digits / "gone.png") == 1
+        assert "broken symbolic link" in captured.err
+        assert captured.out.count(": 3  (") == 1 and captured.out.count(": 5  (") == 1
+    assert _reported(captured.err, digits / "gone_folder") == 0  # not under the folders given
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_special_files_are_refused_without_opening(digits: Path, tmp_path: Path) -> None:
+    # Opening a FIFO waits for a writer forever; the old code hung here (the timeout of
+    # _run_predict turns that into a failure).
+    os.mkfifo(digits / "pipe.png")
+    os.mkfifo(tmp_path / "named_pipe")
+    proc = _run_predict(
+        str(digits), str(tmp_path / "named_pipe"), os.devnull, "--json", cwd=tmp_path
+    )
+    records = {r["path"]: r for r in json.loads(proc.stdout)["results"]}
+    assert proc.returncode == 1
+    for special, kind in [
+        (digits / "pipe.png", "a FIFO"),
+        (tmp_path / "named_pipe", "a FIFO"),
+        (os.devnull, "a character device"),
+    ]:
+        assert _reported(proc.stderr, special) == 1
+        assert records[str(special)]["error"]["code"] == "not_a_file"
+        assert kind in records[str(special)]["error"]["message"]
+    assert records[str(digits / "good" / "three.png")]["digit"] == 3
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names not in UTF-8")
+def test_a_file_name_not_in_utf8(digits: Path, tmp_path: Path) -> None:
+    # A Latin-1 "é" (byte 0xE9) is not UTF-8: Python holds the name with a lone surrogate,
+    # which a strict UTF-8 stdout refuses (a UnicodeEncodeError traceback before).
+    name = os.fsdecode(b"caf\xe9.png")
+    (digits / "good" / name).write_bytes(encode(gray8(on_paper(font_digit(7))), "PNG"))
+    shown = f"{digits / 'good'}/caf\\xe9.png"
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}
+    text = _run_predict(str(digits), cwd=tmp_path, **strict)
+    assert text.returncode == 0, text.stderr
+    assert any(line.startswith(f"{shown}: 7  (") for line in text.stdout.splitlines())
+    assert "3 predicted, 0 failed" in text.stderr
+    # In JSON the name is a string every parser accepts (valid Unicode, no lone surrogate).
+    as_json = _run_predict(str(digits), "--json", cwd=tmp_path, **strict)
+    assert as_json.returncode == 0, as_json.stderr
+    paths = [r["path"] for r in json.loads(as_json.stdout)["results"]]
+    assert shown in paths
+    for path in paths:
+        path.encode("utf-8")  # raises on a surrogate
+
+
+def test_a_broken_name_in_an_error_line(tmp_path: Path, capsys) -> None:
+    # Error lines show such names escaped, and control characters too, which could break
+    # the line or drive the terminal; JSON records carry the controls (JSON escapes them)
+    # but never a lone surrogate.
+    bad = tmp_path / os.fsdecode(b"bad\xff\n\x1b[31m.png")
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(tmp_path)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    shown = f"mnist-cnn: error: {tmp_path}/bad\\xff\\x0a\\x1b[31m.png: the "
+    assert sum(line.startswith(shown) for line in lines) == 1, lines
+    assert main(["predict", str(tmp_path), "--json"]) == 1
+    (record,) = json.loads(capsys.readouterr().out)["results"]
+    assert record["path"] == f"{tmp_path}/bad\\xff\n\x1b[31m.png"
+    assert record["error"]["code"] == "unsupported_image"
+
+
+def test_a_nul_in_a_path_is_a_clear_error(digits: Path, capsys) -> None:
+    status = main(["predict", "bad\0name.png", "", str(digits / "good" / "three.png"), "--json"])
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    records = document["results"]
+    assert status == 1
+    assert [r.get("error", {}).get("code") for r in records] == ["invalid_path"] * 2 + [None]
+    assert records[0]["error"]["message"] == "the path contains a NUL character"
+    assert records[1]["error"]["message"] == "the path is empty"
+    assert records[2]["digit"] == 3
+    assert _reported(captured.err, "bad\\x00name.png") == 1
+    assert (document["predicted"], document["failed"]) == (1, 2)
+
+
+def test_a_very_long_name_is_reported(digits: Path, capsys) -> None:
+    long = digits / ("x" * 5000 + ".png")
+    assert main(["predict", str(long), str(digits / "good" / "three.png")]) == 1
+    captured = capsys.readouterr()
+    assert _reported(captured.err, long) == 1
+    assert "File name too long" in captured.err

@@ -152,3 +152,56 @@ def test_cli_export(weights: Path, tmp_path: Path, capsys) -> None:
     assert target.is_file()
     assert main(["export", "--model", str(tmp_path / "missing.pth")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def _with_metadata(exported: export.ExportResult, tmp_path: Path, **changes: str) -> Path:
+    """A copy of the exported model whose metadata_props have ``changes``."""
+    proto = onnx.load(str(exported.path))
+    for prop in proto.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key]
+    path = tmp_path / "edited.onnx"
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"mean": "abc"}, "the ONNX metadata 'mean' is 'abc', not a number"),
+        ({"parameters": "many"}, "the ONNX metadata 'parameters' is 'many', not a number"),
+        ({"test_accuracy": "high"}, "the ONNX metadata 'test_accuracy' is 'high'"),
+        ({"std": "0"}, "bad ONNX metadata: input.std must be greater than 0"),
+        ({"std": "-0.3"}, "bad ONNX metadata: input.std must be greater than 0"),
+        ({"std": "nan"}, "bad ONNX metadata: input.std must be a finite number"),
+        ({"mean": "inf"}, "bad ONNX metadata: input.mean must be a finite number"),
+        ({"parameters": "-5"}, "'parameters' must be a positive count"),
+        ({"architecture": "ResNet152"}, "bad ONNX metadata: unknown architecture 'ResNet152'"),
+        # Valid numbers, but inputs divided by 1e-45 are infinite: the outputs are NaN.
+        ({"std": "1e-45"}, "the model's outputs are NaN or infinite"),
+    ],
+)
+def test_bad_onnx_metadata_is_a_checkpoint_error(
+    changes: dict[str, str], words: str, exported: export.ExportResult, tmp_path: Path
+) -> None:
+    path = _with_metadata(exported, tmp_path, **changes)
+    with pytest.raises(CheckpointError) as info:
+        Predictor.from_checkpoint(path, backend="onnx")
+    message = str(info.value)
+    assert words in message and str(path) in message and "\n" not in message
+
+
+def test_an_export_that_cannot_be_written_is_one_line(
+    exported: export.ExportResult,
+    weights: Path,
+    inputs: torch.Tensor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    graph = exported.path.read_bytes()  # the same network: parity holds, quickly
+    monkeypatch.setattr(export, "onnx_bytes", lambda model, metadata=None: graph)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(export.ExportError) as info:
+        export.export_onnx(weights, blocker / "m.onnx", inputs=inputs[:32])
+    assert str(info.value) == f"cannot write {blocker / 'm.onnx'}: Not a directory"

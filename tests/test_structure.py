@@ -24,7 +24,7 @@ PACKAGE = Path(mnist_cnn.__file__).parent
 
 # Lower layers first; a module imports only from layers below its own.
 LAYERS = [
-    {"atomic", "paths", "extras", "decode", "unsure"},
+    {"atomic", "paths", "extras", "options", "decode", "unsure"},
     {"data", "locate", "plots"},
     {"model", "preprocess", "outliers"},
     {"checkpoint"},

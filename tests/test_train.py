@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
+import dataclasses
 import json
+import pickle
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import disk_full_for, save_checkpoint
 
 from mnist_cnn.checkpoint import load_model
-from mnist_cnn.train import TrainConfig, TrainingError, config_for, train
+from mnist_cnn.model import MNISTCNN
+from mnist_cnn.train import TrainConfig, TrainingError, config_for, option_problem, train
 
 REPO_DATA = str(Path(__file__).resolve().parents[1] / "data" / "mnist")
 
@@ -124,9 +131,9 @@ def test_resume_refuses_different_settings(tmp_path: Path) -> None:
     def stop(model: torch.nn.Module, record: dict) -> None:
         raise KeyboardInterrupt
 
-    train(small_config(tmp_path, epochs=2), on_epoch=stop)
+    train(tiny_config(tmp_path, epochs=2), on_epoch=stop)
     with pytest.raises(TrainingError, match="lr: checkpoint 0.01, now 0.02"):
-        train(small_config(tmp_path, epochs=2, lr=0.02), resume=True)
+        train(tiny_config(tmp_path, epochs=2, lr=0.02), resume=True)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
@@ -137,17 +144,245 @@ def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"epochs": 0}, "at least 1"),
-        ({"schedule": "cosine-ish"}, "unknown schedule"),
+        ({"epochs": 0}, "epochs must be at least 1, got 0"),
+        ({"epochs": 1.5}, "epochs must be an integer, got 1.5"),
+        (
+            {"schedule": "cosine-ish"},
+            "schedule must be one of onecycle, constant, got 'cosine-ish'",
+        ),
         ({"translate": 0.5}, r"translate must be in \[0, 0.5\), got 0.5"),
         ({"translate": -0.1}, "translate must be"),
-        ({"outlier_weight": -1.0}, "outlier weight must be 0 or more"),
-        ({"outlier_weight": float("nan")}, "outlier weight"),
+        ({"outlier_weight": -1.0}, "outlier_weight must be at least 0, got -1"),
+        ({"outlier_weight": float("nan")}, "outlier_weight must be a finite number, got nan"),
+        ({"lr": float("inf")}, "lr must be a finite number, got inf"),
+        ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+        ({"lr": 0.0}, "lr must be greater than 0, got 0"),
+        ({"lr": "0.01"}, "lr must be a number, got '0.01'"),
+        ({"label_smoothing": 2.0}, r"label_smoothing must be in \[0, 1\), got 2"),
+        ({"weight_decay": -1e-4}, "weight_decay must be at least 0"),
+        ({"threads": 1_000_000}, r"threads must be in \[0, 256\], got 1000000"),
+        ({"threads": -1}, "threads must be in"),
+        ({"seed": -1}, "seed must be in"),
+        ({"val_size": 60_000}, r"val_size must be in \[1, 60000\), got 60000"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"device": "tpu"}, "device must be one of auto, cpu, cuda, mps"),
+        ({"augment": "yes"}, "augment must be true or false"),
+        ({"lr": -1.0, "epochs": 0}, "epochs must be at least 1, got 0; lr must be greater"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, overrides: dict, message: str) -> None:
+    # From Python too (the command line refuses them as it parses): a traceback from deep
+    # in torch, a segfault (threads) or a run that diverges (lr inf) before.
     with pytest.raises(TrainingError, match=message):
         train(small_config(tmp_path, **overrides))
+    assert not list(tmp_path.iterdir())  # refused before anything is made
+
+
+def test_the_command_line_and_train_check_the_same_definition() -> None:
+    # One place for each option's range: the TrainConfig field; both checks read it.
+    import dataclasses
+
+    from mnist_cnn.cli import _option_type
+
+    lr = next(f for f in dataclasses.fields(TrainConfig) if f.name == "lr")
+    assert lr.metadata["above"] == 0.0
+    assert option_problem(lr, 0.0) == "must be greater than 0, got 0"
+    with pytest.raises(argparse.ArgumentTypeError, match="^must be greater than 0, got 0$"):
+        _option_type(lr)("0")
+    assert _option_type(lr)("0.5") == 0.5
+    for option in dataclasses.fields(TrainConfig):  # every default is valid
+        assert option_problem(option, option.default) is None, option.name
+
+
+# --------------------------------------------------------------------------- a run that fails
+
+
+def _good_model_at(path: Path) -> bytes:
+    """A model already at ``path`` (weights and JSON): what a failed run must not replace."""
+    save_checkpoint(MNISTCNN(), path, metrics={"test_accuracy": 0.9956})
+    return path.read_bytes() + path.with_suffix(".json").read_bytes()
+
+
+def _pair_at(path: Path) -> bytes:
+    return path.read_bytes() + path.with_suffix(".json").read_bytes()
+
+
+def tiny_config(tmp_path: Path, **overrides: object) -> TrainConfig:
+    """A run of about a second: 500 images, one epoch."""
+    return small_config(
+        tmp_path, **{"train_subset": 500, "val_size": 200, "epochs": 1, **overrides}
+    )
+
+
+def test_a_diverging_run_stops_and_writes_nothing(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, lr=1e30, schedule="constant")
+    before = _good_model_at(Path(config.model_path))
+    with pytest.raises(TrainingError) as info:
+        train(config)
+    message = str(info.value)
+    assert message.startswith("training diverged: the loss is nan at step")
+    assert "No model was written" in message and "lower learning rate" in message
+    assert _pair_at(Path(config.model_path)) == before  # the good model stays
+    assert not config.checkpoint_path.exists()  # no NaN state to resume from either
+    assert not (tmp_path / "reports" / "training_curves.png").exists()
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real training state, as a run interrupted after its first of two epochs left it."""
+
+    def stop(model: torch.nn.Module, record: dict) -> None:
+        raise KeyboardInterrupt
+
+    config = tiny_config(tmp_path_factory.mktemp("state"), epochs=2)
+    assert train(config, on_epoch=stop).interrupted
+    return torch.load(config.checkpoint_path, weights_only=True)
+
+
+def _nan_first_weight(state: dict) -> None:
+    first = next(iter(state["model"]))
+    state["model"][first] = state["model"][first] * float("nan")
+
+
+def _nan_moments(state: dict) -> None:
+    moments = next(iter(state["optimizer"]["state"].values()))
+    moments["exp_avg"] = moments["exp_avg"] + float("inf")
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        pytest.param(
+            _nan_first_weight, "NaN or infinite values in features.0.0.weight", id="NaN weights"
+        ),
+        pytest.param(
+            _nan_moments, "NaN or infinite values in optimizer state", id="inf Adam moments"
+        ),
+        pytest.param(
+            lambda s: s.update(epoch=99),
+            "epoch 99 is not one of this run's epochs 1 to 2",
+            id="epoch 99",
+        ),
+        pytest.param(lambda s: s.update(epoch=-1), "epoch -1 is not one of", id="epoch -1"),
+        pytest.param(lambda s: s.update(epoch="1"), "epoch '1' is not one of", id="epoch str"),
+        pytest.param(lambda s: s.pop("optimizer"), "it has no optimizer", id="no optimizer"),
+        pytest.param(lambda s: s.pop("rng"), "it has no rng", id="no rng"),
+        pytest.param(
+            lambda s: s.update(history=[]), "history does not list the 1 epochs", id="history"
+        ),
+        pytest.param(
+            lambda s: s.update(seconds=float("nan")), "is not a duration", id="seconds NaN"
+        ),
+        pytest.param(
+            lambda s: s.update(model=MNISTCNN().state_dict()),
+            "does not fit this run",
+            id="other model",
+        ),
+        pytest.param(
+            lambda s: s.update(rng={"data": torch.zeros(3)}), "does not fit this run", id="bad rng"
+        ),
+    ],
+)
+def test_resume_refuses_a_damaged_state(
+    damage: Callable[[dict], object], words: str, saved_state: dict, tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path, epochs=2)
+    before = _good_model_at(Path(config.model_path))
+    state = {
+        **saved_state,
+        "model": dict(saved_state["model"]),
+        "config": dataclasses.asdict(config),
+    }
+    state["optimizer"] = copy.deepcopy(saved_state["optimizer"])
+    damage(state)
+    torch.save(state, config.checkpoint_path)
+    with pytest.raises(TrainingError) as info:
+        train(config, resume=True)
+    message = str(info.value)
+    assert words in message and str(config.checkpoint_path) in message
+    assert "without --resume" in message and "\n" not in message
+    assert _pair_at(Path(config.model_path)) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", pickle.dumps([1, 2])])
+def test_resume_refuses_what_is_not_a_training_state(content: bytes, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    config.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    if content.startswith(b"\x80"):
+        torch.save([1, 2], config.checkpoint_path)
+    else:
+        config.checkpoint_path.write_bytes(content)
+    with pytest.raises(TrainingError, match="cannot read the training checkpoint|found list"):
+        train(config, resume=True)
+
+
+def test_an_unwritable_report_directory_is_found_before_training(tmp_path: Path) -> None:
+    # A report directory that cannot be made (its parent is a file: refused even to root).
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    config = tiny_config(tmp_path, report_dir=str(blocker / "reports"))
+    before = _good_model_at(Path(config.model_path))
+    lines: list[str] = []
+    with pytest.raises(
+        TrainingError, match=f"cannot write in {blocker / 'reports'}: Not a directory"
+    ):
+        train(config, log=lines.append)
+    assert lines == []  # not one epoch spent
+    assert _pair_at(Path(config.model_path)) == before
+
+
+def test_a_read_only_report_directory_is_found_before_training(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    reports.chmod(0o555)
+    try:
+        try:
+            (reports / "probe").write_text("")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user writes into read-only directories (root): see the test above")
+        config = tiny_config(tmp_path, report_dir=str(reports))
+        before = _good_model_at(Path(config.model_path))
+        with pytest.raises(TrainingError, match=f"cannot write in {reports}: Permission denied"):
+            train(config)
+        assert _pair_at(Path(config.model_path)) == before
+    finally:
+        reports.chmod(0o755)
+
+
+@pytest.mark.slow  # four short runs
+@pytest.mark.parametrize(
+    ("full", "what"),
+    [
+        # The curves are written before the model: a run that cannot write them leaves the
+        # old model (it used to be replaced, then the run failed).
+        (lambda name: name == "training_curves.png", "reports/training_curves.png"),
+        (lambda name: name.endswith(".pending"), "model.pth"),  # the new weights
+        (lambda name: name == "model.json", "model.json"),
+        (lambda name: name == "model.ckpt", "model.ckpt"),  # the epoch's state (torch.save)
+    ],
+    ids=["curves", "weights", "metadata", "training state"],
+)
+def test_a_full_disk_is_one_line_and_the_old_model_stays(
+    full: Callable[[str], bool], what: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config(tmp_path)
+    before = _good_model_at(Path(config.model_path))
+    disk_full_for(monkeypatch, full)
+    with pytest.raises(TrainingError) as info:
+        train(config)
+    message = str(info.value)
+    assert message.startswith(f"cannot write {tmp_path / what}: No space left on device")
+    assert "\n" not in message
+    assert _pair_at(Path(config.model_path)) == before
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".pending"))]
+    assert leftovers == []
+    if what != "model.ckpt":  # the state after the last epoch was saved: what the message says
+        assert f"{config.checkpoint_path}: --resume" in message
+        monkeypatch.undo()  # room on the disk again
+        result = train(config, resume=True)
+        assert load_model(config.model_path).info.test_accuracy == round(result.test_accuracy, 6)
 
 
 def test_presets_override_defaults_and_options_override_presets() -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,6 +84,38 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _option_type(option: dataclasses.Field) -> Callable[[str], Any]:
+    """An argparse type for a numeric ``TrainConfig`` field: the text as the field's type
+    (int or float), checked against the field's own bounds by ``options.option_problem``,
+    the check the library makes too. A value out of range is a usage error (exit 2), never a
+    traceback or a run that diverges."""
+    from mnist_cnn.options import option_problem
+
+    integer = str(option.type) == "int"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            expected = "an integer" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        problem = option_problem(option, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = "integer" if integer else "number"  # how argparse names the type
+    return parse
+
+
+def _train_option_type(name: str) -> Callable[[str], Any]:
+    """``_option_type`` of the ``TrainConfig`` field ``name``: other commands' options that
+    mean the same (``--threads``) take the same values."""
+    from mnist_cnn.train import TrainConfig
+
+    return _option_type(next(f for f in dataclasses.fields(TrainConfig) if f.name == name))
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     from mnist_cnn.train import PRESETS, TrainConfig
 
@@ -126,11 +160,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                 help=f"{TRAIN_HELP[f.name]} (default: {f.default})",
             )
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            minimum = f.metadata.get("minimum")
+            numeric = str(f.type) in ("int", "float")
             p.add_argument(
                 flag,
-                type=_at_least(minimum) if minimum is not None else kind,
+                type=_option_type(f) if numeric else str,
                 choices=f.metadata.get("choices") or None,
                 default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
@@ -172,7 +205,9 @@ def _train(args: argparse.Namespace) -> int:
         outputs.update(_evaluation_report(outputs["model"], config.data_dir, config.reports)[1])
         if args.promote:
             outputs["promoted model"] = _promote_model(outputs["model"])
-    except (CheckpointError, DatasetError) as exc:
+    except (CheckpointError, DatasetError, OSError) as exc:
+        # OSError: the report could not be written (atomic.WriteError names the file); the
+        # run's model is complete and finite, and stays.
         return _fail(str(exc))
     for what, path in outputs.items():
         print(f"wrote {what}: {path}")
@@ -249,7 +284,10 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help=TRAIN_HELP["data_dir"])
     p.add_argument("--report-dir", default="reports", help="where to write the report and figures")
     p.add_argument(
-        "--threads", type=_at_least(0), default=0, help="torch CPU threads (0: one per core)"
+        "--threads",
+        type=_train_option_type("threads"),
+        default=0,
+        help="torch CPU threads (0: one per core)",
     )
     p.set_defaults(handler=_evaluate)
 
@@ -260,9 +298,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _use_threads(args.threads)
     try:
+        # A model whose weights or outputs are NaN does not load (CheckpointError): its
+        # report would otherwise say 9.8% (every answer "0") without a word of why.
         model = _model_path(args.model)
         report, paths = _evaluation_report(model, args.data_dir, args.report_dir)
-    except (CheckpointError, DatasetError) as exc:
+    except (CheckpointError, DatasetError, OSError) as exc:
+        # OSError: atomic.WriteError, "cannot write <file>: <reason>"
         return _fail(str(exc))
     print(f"model: {model} ({report['architecture']})")
     print(
@@ -324,20 +365,42 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=d.port, help="TCP port")
+    fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    p.add_argument("--port", type=_option_type(fields["port"]), default=d.port, help="TCP port")
     p.add_argument(
-        "--workers", type=int, default=d.workers, help="worker processes (0: one per core)"
+        "--workers",
+        type=_option_type(fields["workers"]),
+        default=d.workers,
+        help="worker processes (0: one per core)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=_option_type(fields["threads"]),
         default=d.threads,
         help="request threads per worker (2 suits slow requests: large photos)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_option_type(fields["connection_limit"]),
+        default=d.connection_limit,
+        help="open connections per worker; more wait in the kernel's queue",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_option_type(fields["header_timeout_s"]),
+        default=d.header_timeout_s,
+        help="seconds a client has to send a request's headers (then 408)",
+    )
+    p.add_argument(
+        "--grace",
+        type=_option_type(fields["grace_s"]),
+        default=d.grace_s,
+        help="seconds SIGTERM or Ctrl-C waits for the requests in flight before stopping",
     )
     p.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
     p.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=fields["backend"].metadata["choices"],
         default=d.backend,
         help="inference backend (onnx needs the onnx extra)",
     )
@@ -375,6 +438,9 @@ def _serve(args: argparse.Namespace) -> int:
             model=_model_path(getattr(args, "model", None)),
             backend=args.backend,
             max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+            connection_limit=args.max_connections,
+            header_timeout_s=args.header_timeout,
+            grace_s=args.grace,
         )
         serve(config)
     except (CheckpointError, ServerError, ValueError) as exc:
@@ -449,27 +515,145 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         default=MAX_PIXELS,
         help="refuse images with more pixels (checked before decoding)",
     )
-    p.add_argument("--threads", type=_at_least(0), default=0, help="CPU threads (0: one per core)")
+    p.add_argument(
+        "--threads",
+        type=_train_option_type("threads"),
+        default=0,
+        help="CPU threads (0: one per core)",
+    )
     p.set_defaults(handler=_predict)
 
 
-def _image_files(paths: Sequence[str]) -> list[tuple[Path, Path]]:
-    """(file, its path relative to the argument it came from), in a stable order."""
-    found = []
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """A path that ``predict`` reports once: a file to classify, or why it cannot be."""
+
+    path: Path | str  # as found under a directory given, or as given ("" is not ".")
+    rel: Path  # relative to the argument it came from (where --save-inputs writes it)
+    error: tuple[str, str] | None = None  # (code, message) when it cannot be classified
+
+
+# File types that are never opened: reading a FIFO waits for a writer, a device never ends.
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _os_error(path: str | Path, exc: OSError, what: str = "file") -> tuple[str, str]:
+    """(code, message) of a path that could not be read: a loop of links, a link to nothing,
+    or the system's reason (no such file, permission denied, name too long...)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ELOOP:
+        return "symlink_loop", reason  # "Too many levels of symbolic links"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return "unreadable_file", f"{reason} (a broken symbolic link)"
+    return f"unreadable_{what}", reason
+
+
+def _not_regular(mode: int) -> tuple[str, str] | None:
+    """(code, message) when ``mode`` is a special file, which is refused without opening."""
+    for is_kind, kind in _SPECIAL_FILES:
+        if is_kind(mode):
+            return "not_a_file", f"not a regular file ({kind}): only files are read"
+    return None if stat.S_ISREG(mode) else ("not_a_file", "not a regular file")
+
+
+def _file_error(path: Path | str) -> tuple[str, str] | None:
+    """Why ``path`` cannot be handed to the Predictor, or None for a regular file. Checked
+    just before reading it: a FIFO or a device is refused without ever being opened."""
+    try:
+        return _not_regular(os.stat(path).st_mode)
+    except OSError as exc:
+        return _os_error(path, exc)
+
+
+def _walk(root: Path, root_stat: os.stat_result) -> list[_Found]:
+    """The image files under ``root`` (by name: ``IMAGE_SUFFIXES``; hidden names skipped),
+    and every directory, link or file met on the way that could not be read.
+
+    Links to directories are followed, but never back into a directory that the path already
+    went through (a loop, reported once, where it closes). The walk is a loop over a stack,
+    not a recursion, so no depth of folders exhausts Python's stack.
+    """
+    found: list[_Found] = []
+    # (directory, its path relative to root, the (device, inode) of it and its ancestors)
+    stack = [(root, Path(), frozenset({(root_stat.st_dev, root_stat.st_ino)}))]
+    while stack:
+        directory, rel, ancestors = stack.pop()
+        try:
+            with os.scandir(directory) as entries:
+                names = sorted(entry.name for entry in entries)
+        except OSError as exc:
+            found.append(_Found(directory, rel, _os_error(directory, exc, "directory")))
+            continue
+        for name in names:
+            if name.startswith("."):
+                continue
+            path, sub = directory / name, rel / name
+            try:
+                info = os.stat(path)  # through links: a link counts as what it leads to
+            except OSError as exc:
+                # Whatever it was meant to be (a folder of images, perhaps), it is reported.
+                found.append(_Found(path, sub, _os_error(path, exc)))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if (info.st_dev, info.st_ino) in ancestors:
+                    loop = "a symbolic link back to a folder that contains it"
+                    found.append(_Found(path, sub, ("symlink_loop", loop)))
+                else:
+                    inside = ancestors | {(info.st_dev, info.st_ino)}
+                    stack.append((path, sub, inside))
+            elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(_Found(path, sub, _not_regular(info.st_mode)))
+    return sorted(found, key=lambda f: f.rel.parts)
+
+
+def _image_files(paths: Sequence[str]) -> list[_Found]:
+    """Every path to report, once each, in a stable order: the files named and the image
+    files found under the directories named, with what made any of them unreadable."""
+    found: list[_Found] = []
     for arg in paths:
-        root = Path(arg)
-        if root.is_dir():
-            files = sorted(
-                f
-                for f in root.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(root).parts)
-            )
-            found += [(f, f.relative_to(root)) for f in files]
+        root = Path(arg)  # Path("") is ".": errors name, and os.stat checks, the argument itself
+        if not arg or "\0" in arg:
+            why = "the path contains a NUL character" if arg else "the path is empty"
+            found.append(_Found(arg, Path(), ("invalid_path", why)))
+            continue
+        try:
+            info = os.stat(arg)
+        except OSError as exc:
+            found.append(_Found(arg, Path(root.name), _os_error(arg, exc)))
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            found += _walk(root, info)
         else:
-            found.append((root, Path(root.name)))
+            # Files named on the command line are tried whatever their name (decoded by
+            # content); special files are refused just before reading (``_file_error``).
+            found.append(_Found(root, Path(root.name)))
     return found
+
+
+def _shown(path: str | Path, terminal: bool = True) -> str:
+    """A file name as text that any output can carry: bytes that are not valid in the file
+    system's encoding become ``\\xNN`` (a str from the OS holds them as lone surrogates,
+    which a strict UTF-8 stream refuses and JSON parsers reject). For a terminal, control
+    characters are escaped too, so a name cannot break a line or send escape sequences."""
+    text = os.fsencode(path).decode(sys.getfilesystemencoding(), "backslashreplace")
+    if terminal:
+        text = "".join(
+            f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text
+        )
+    return text
+
+
+def _say(text: str, stream: Any = None) -> None:
+    """Print a line on ``stream`` (stdout), escaping what its encoding cannot carry (an
+    ASCII-only stdout, a name in another alphabet) instead of failing."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding, "replace"), file=stream)
 
 
 # A runner-up worth naming in a "not sure" line: at least this probability.
@@ -483,13 +667,14 @@ def _prediction_line(path: Path, prediction: Prediction) -> str:
     ``photo.jpg: not sure (4 or 9: <reason>)  top 3: ...`` when it is not.
     """
     top3 = ", ".join(f"{d} {100 * q:.1f}%" for d, q in prediction.top3)
+    name = _shown(path)
     if prediction.reason is None:
-        return f"{path}: {prediction.digit}  ({100 * prediction.confidence:.1f}%)  top 3: {top3}"
+        return f"{name}: {prediction.digit}  ({100 * prediction.confidence:.1f}%)  top 3: {top3}"
     contenders = [str(prediction.digit)] + [
         str(d) for d, q in prediction.top3[1:2] if q >= _RUNNER_UP_MIN
     ]
     why = f"{' or '.join(contenders)}: {prediction.reason.message}"
-    return f"{path}: not sure ({why})  top 3: {top3}"
+    return f"{name}: not sure ({why})  top 3: {top3}"
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -516,7 +701,7 @@ def _predict(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     files = _image_files(args.paths)
     if not files:
-        return _fail(f"no image files found in {', '.join(args.paths)}")
+        return _fail(f"no image files found in {', '.join(map(_shown, args.paths))}")
     out_dir = Path(args.save_inputs) if args.save_inputs else None
     used: set[Path] = set()
     results: list[dict] = []
@@ -527,17 +712,26 @@ def _predict(args: argparse.Namespace) -> int:
         # Records stay in the order of the files; errors are also reported on stderr.
         records: list[dict] = []
         batch, inputs = [], []
-        for path, rel in files[start : start + args.batch_size]:
-            try:
-                inputs.append(predictor.prepare(path))
-                batch.append((len(records), path, rel))
-                records.append({"path": str(path)})
-            except (ImageError, OSError) as exc:
-                failed += 1
-                code = exc.code if isinstance(exc, ImageError) else "unreadable_file"
-                message = str(exc) if isinstance(exc, ImageError) else (exc.strerror or str(exc))
-                print(f"mnist-cnn: error: {path}: {message}", file=sys.stderr)
-                records.append({"path": str(path), "error": {"code": code, "message": message}})
+        for found in files[start : start + args.batch_size]:
+            path = found.path
+            # Special files are refused here, unopened: a FIFO would wait for a writer.
+            error = found.error or _file_error(path)
+            if error is None:
+                try:
+                    inputs.append(predictor.prepare(path))
+                    batch.append((len(records), path, found.rel))
+                    records.append({"path": _shown(path, terminal=False)})
+                    continue
+                except ImageError as exc:
+                    error = exc.code, str(exc)
+                except OSError as exc:
+                    error = _os_error(path, exc)
+            failed += 1
+            code, message = error
+            _say(f"mnist-cnn: error: {_shown(path)}: {message}", sys.stderr)
+            records.append(
+                {"path": _shown(path, terminal=False), "error": {"code": code, "message": message}}
+            )
         for (slot, path, rel), prediction in zip(
             batch, predictor.predict_inputs(inputs), strict=True
         ):
@@ -551,9 +745,9 @@ def _predict(args: argparse.Namespace) -> int:
                 used.add(target)
                 image = Image.fromarray(prediction.model_input, mode="L")
                 atomic.write_with(target, lambda f, im=image: im.save(f, "PNG"))
-                records[slot]["model_input"] = str(target)
+                records[slot]["model_input"] = _shown(target, terminal=False)
             if not args.json:
-                print(_prediction_line(path, prediction))
+                _say(_prediction_line(path, prediction))
         results += records
     if args.json:
         info = predictor.info

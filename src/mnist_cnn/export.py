@@ -61,7 +61,10 @@ def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
         "then (x / 255 - mean) / std",
         "output": "float32 (N, 10) logits",
         "parameters": str(sum(p.numel() for p in loaded.model.parameters())),
-        "source_weights_sha256": file_sha256(loaded.path) if loaded.path.is_file() else "",
+        # The hash of the weights that were loaded: load_model checked that the JSON's
+        # weights_sha256 is theirs (the file may be replaced since).
+        "source_weights_sha256": loaded.metadata.get("weights_sha256")
+        or (file_sha256(loaded.path) if loaded.path.is_file() else ""),
     }
     if accuracy is not None:
         meta["test_accuracy"] = str(accuracy)
@@ -200,7 +203,8 @@ def export_onnx(
     """Export a checkpoint to ONNX at ``output`` after checking parity with PyTorch.
 
     Raises ``CheckpointError`` (unreadable weights) and ``ExportError`` (missing packages,
-    exporter failure, or parity outside ``tolerance``; nothing is written then).
+    exporter failure, or parity outside ``tolerance``: nothing is written then; or a write
+    that fails, with a message naming the file).
     """
     loaded = load_model(weights)
     model_bytes = onnx_bytes(loaded.model, onnx_metadata(loaded))
@@ -212,7 +216,10 @@ def export_onnx(
             f"{tolerance:.0e}, same argmax: {agree}); nothing was written"
         )
     output = Path(output)
-    atomic.write_bytes(output, model_bytes)
+    try:
+        atomic.write_bytes(output, model_bytes)
+    except OSError as exc:  # atomic.WriteError: "cannot write <file>: <reason>"
+        raise ExportError(str(exc)) from exc
     return ExportResult(
         path=output,
         bytes=os.path.getsize(output),

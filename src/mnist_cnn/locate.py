@@ -413,6 +413,11 @@ def _stroke_width(mask: np.ndarray) -> float:
     # Only the mask's bounding rectangle with a ring of background around it: the distance
     # to the nearest background pixel is the same there as in the whole image.
     box = _crop_box(mask, margin=1)
+    if mask[box].all():
+        # No background anywhere (ink that fills the image, as a fine dither's closes up):
+        # OpenCV gives every pixel FLT_MAX, whose median overflows (to inf, or to a finite
+        # 6.8e38 that a disk of that radius cannot be made of). The width is infinite.
+        return math.inf
     dt = cv2.distanceTransform(mask[box].astype(np.uint8), cv2.DIST_L2, 3)
     ridge = (dt > 0) & (dt >= cv2.dilate(dt, np.ones((3, 3), np.uint8)))
     return 2.0 * _median(dt[ridge]) if ridge.any() else 0.0

@@ -15,7 +15,6 @@ Two backends run the network: PyTorch (``backend="torch"``) and ONNX Runtime
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,12 @@ import torch
 from mnist_cnn.checkpoint import (
     CheckpointError,
     ModelInfo,
+    check_outputs,
     find_model,
     load_model,
     metadata_path,
+    metadata_problem,
+    read_metadata,
 )
 from mnist_cnn.extras import install_hint
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES, logits_of
@@ -158,38 +160,13 @@ class Predictor:
                     f"{path}: ONNX model not found. Write it with `mnist-cnn export --format onnx`."
                 )
             model_bytes = path.read_bytes()
-            meta = _onnx_metadata(path, model_bytes)
-            # The JSON beside a .pth describes this ONNX file only if it was exported from
-            # those very weights; otherwise the metrics embedded at export time apply.
-            sidecar = metadata_path(path)
-            side_meta: dict[str, Any] = {}
-            if sidecar.is_file():
-                try:
-                    side = json.loads(sidecar.read_text())
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    side = {}
-                if isinstance(side, dict) and (
-                    side.get("weights_sha256") == meta.get("source_weights_sha256")
-                ):
-                    side_meta = side
-            metrics = dict(side_meta.get("metrics") or {})
-            if not metrics and "test_accuracy" in meta:
-                metrics = {"test_accuracy": float(meta["test_accuracy"])}
-            info = ModelInfo(
-                path=path,
-                architecture=meta.get("architecture", "unknown"),
-                mean=float(meta.get("mean", MNIST_MEAN)),
-                std=float(meta.get("std", MNIST_STD)),
-                parameters=int(meta["parameters"]) if "parameters" in meta else None,
-                metrics=metrics,
-                backend="onnx",
-                metadata=side_meta,
-            )
+            info = _onnx_info(path, _onnx_metadata(path, model_bytes))
         else:
             loaded = load_model(path)
             model_bytes = export.onnx_bytes(loaded.model, metadata=export.onnx_metadata(loaded))
             info = dataclasses.replace(loaded.info, backend="onnx")
         run = export.onnx_runner(model_bytes, threads=threads, what=str(path))
+        check_outputs(path, run, info.mean, info.std)  # a graph can compute NaN, too
         return cls(run, info, max_pixels, _policy(info.metadata, path))
 
     @property
@@ -263,6 +240,59 @@ def _policy(metadata: Mapping[str, Any], path: Path) -> UnsurePolicy:
         return UnsurePolicy.from_metadata(metadata.get("unsure"))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{metadata_path(path)}: bad 'unsure' entry ({exc}).") from exc
+
+
+def _onnx_info(path: Path, meta: Mapping[str, str]) -> ModelInfo:
+    """The ModelInfo of an ONNX file from its metadata_props (strings, as ``mnist-cnn
+    export`` writes them), checked as a checkpoint's JSON is (``metadata_problem``): numbers
+    that do not parse, a std of 0, an unknown architecture are a ``CheckpointError``.
+
+    The JSON beside a .pth describes this ONNX file only if it was exported from those very
+    weights (its ``weights_sha256`` is the file's ``source_weights_sha256``); then its
+    metrics and "not sure" thresholds apply, else the metrics embedded at export time.
+    """
+
+    def number(key: str, parse: Callable[[str], float]) -> float | None:
+        if key not in meta:
+            return None
+        try:
+            return parse(meta[key])
+        except ValueError:
+            raise CheckpointError(
+                f"{path}: the ONNX metadata {key!r} is {meta[key][:40]!r}, not a number. "
+                f"Export the model again with `mnist-cnn export`."
+            ) from None
+
+    mean, std = number("mean", float), number("std", float)
+    parameters, accuracy = number("parameters", int), number("test_accuracy", float)
+    embedded: dict[str, Any] = {
+        "architecture": meta.get("architecture"),
+        "input": {"mean": mean, "std": std},
+        "metrics": {} if accuracy is None else {"test_accuracy": accuracy},
+    }
+    problem = metadata_problem(embedded)
+    if problem is None and parameters is not None and parameters < 1:
+        problem = f"'parameters' must be a positive count, not {parameters}"
+    if problem is not None:
+        raise CheckpointError(
+            f"{path}: bad ONNX metadata: {problem}. Export the model again with `mnist-cnn export`."
+        )
+    try:
+        side = read_metadata(path)
+    except CheckpointError:
+        side = {}  # the JSON of the .pth, not of this file: unusable, so not used
+    source = meta.get("source_weights_sha256")
+    side_meta = side if source and side.get("weights_sha256") == source else {}
+    return ModelInfo(
+        path=path,
+        architecture=meta.get("architecture", "unknown"),
+        mean=MNIST_MEAN if mean is None else mean,
+        std=MNIST_STD if std is None else std,
+        parameters=None if parameters is None else int(parameters),
+        metrics=dict(side_meta.get("metrics") or embedded["metrics"]),
+        backend="onnx",
+        metadata=side_meta,
+    )
 
 
 def _onnx_metadata(path: Path, model_bytes: bytes) -> dict[str, str]:

@@ -16,7 +16,9 @@ import ctypes
 import dataclasses
 import datetime as dt
 import math
+import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn import atomic, data, paths
-from mnist_cnn.checkpoint import save_model
+from mnist_cnn.checkpoint import (
+    TRAINING_STATE_SUFFIX,
+    CheckpointError,
+    nonfinite_tensors,
+    save_model,
+    state_bytes,
+)
 from mnist_cnn.model import (
     ARCHITECTURES,
     INPUT_SIZE,
@@ -38,44 +46,48 @@ from mnist_cnn.model import (
     count_parameters,
     logits_of,
 )
+from mnist_cnn.options import config_problems, option, option_problem
 
 SCHEDULES = ("onecycle", "constant")
 MODEL_FILE = paths.MODEL_FILENAME  # the weights' name inside a run directory
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _option(default: Any, *, choices: tuple[str, ...] = (), minimum: int | None = None) -> Any:
-    """A field whose valid values the command line checks as it parses (argparse's choices,
-    or a lower bound for integers): a bad option is a usage error, not a traceback."""
-    return field(default=default, metadata={"choices": choices, "minimum": minimum})
+# The most torch CPU threads a command may ask for: more than any machine here has cores,
+# and the same bound on every machine (torch starts as many as asked: a million crashed it).
+MAX_THREADS = 256
+TRAIN_IMAGES = data.SPLITS["train"][2]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Defaults are the ``default`` preset."""
 
-    architecture: str = _option("MNISTCNN", choices=tuple(ARCHITECTURES))
-    epochs: int = _option(12, minimum=1)
-    batch_size: int = _option(128, minimum=1)
-    lr: float = 3e-3
-    schedule: str = _option("onecycle", choices=SCHEDULES)
-    weight_decay: float = 0.0
+    architecture: str = option("MNISTCNN", choices=tuple(ARCHITECTURES))
+    epochs: int = option(12, minimum=1)
+    batch_size: int = option(128, minimum=1)
+    lr: float = option(3e-3, above=0.0)
+    schedule: str = option("onecycle", choices=SCHEDULES)
+    weight_decay: float = option(0.0, minimum=0.0)
     augment: bool = True
-    translate: float = data.MAX_TRANSLATE  # largest augmentation shift, fraction of the image
+    # largest augmentation shift, as a fraction of the image: half of it moves the digit out
+    translate: float = option(data.MAX_TRANSLATE, minimum=0.0, below=0.5)
     strokes: bool = True  # also vary stroke weight and edge sharpness (data.random_strokes)
-    label_smoothing: float = 0.0
+    # 1 would make every target uniform: nothing left to learn
+    label_smoothing: float = option(0.0, minimum=0.0, below=1.0)
     # Outlier Exposure: weight of the loss that teaches "none of the ten" on drawn
     # non-digits (mnist_cnn.outliers); 0 turns it off.
-    outlier_weight: float = 0.25
+    outlier_weight: float = option(0.25, minimum=0.0)
     channels_last: bool = True
-    val_size: int = _option(5000, minimum=1)
+    # at least one image held out, and at least one left to train on
+    val_size: int = option(5000, minimum=1, below=TRAIN_IMAGES)
     # train on this many images only (0: all); for quick runs and tests
-    train_subset: int = _option(0, minimum=0)
-    seed: int = 0
+    train_subset: int = option(0, minimum=0)
+    seed: int = option(0, minimum=0, maximum=2**63 - 1)  # what torch and NumPy both take
     # torch intra-op threads (0: one per core); process-wide, so the command sets them
     # (configure_process), not train()
-    threads: int = _option(0, minimum=0)
-    device: str = _option("auto", choices=DEVICES)  # auto picks cuda, then mps, then cpu
+    threads: int = option(0, minimum=0, maximum=MAX_THREADS)
+    device: str = option("auto", choices=DEVICES)  # auto picks cuda, then mps, then cpu
     data_dir: str = ""  # empty: paths.find_data (./data/mnist, the clone's copy, the cache)
     # A run writes into its own directory, runs/NAME/ (the model, its JSON, the epoch
     # checkpoint, the curves and the evaluation report), so that an experiment never replaces
@@ -98,7 +110,7 @@ class TrainConfig:
     @property
     def checkpoint_path(self) -> Path:
         """Where the full training state goes at each epoch's end."""
-        return self.model_file.with_suffix(".ckpt")
+        return self.model_file.with_suffix(TRAINING_STATE_SUFFIX)
 
 
 # Presets fix the settings that matter for a recipe; explicit options override them.
@@ -216,15 +228,37 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# What every training state written at an epoch's end holds (see ``train``).
+_STATE_KEYS = ("config", "epoch", "model", "optimizer", "scheduler", "rng", "history", "seconds")
+
+
 def _load_resume_state(config: TrainConfig) -> dict[str, Any]:
+    """The training state to resume from, checked before anything uses it: its settings
+    are the run's, its epoch is one of the run's, its history is as long, its numbers are
+    finite. Raises ``TrainingError``."""
     path = config.checkpoint_path
     if not path.is_file():
         raise TrainingError(f"{path}: no training checkpoint to resume from; run without --resume.")
+    fix = "Start a new run without --resume."
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"{path}: cannot read the training checkpoint ({exc}).") from exc
-    saved = state.get("config", {})
+    except Exception as exc:  # truncated, corrupt or unsafe: torch raises many kinds
+        detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        raise TrainingError(
+            f"{path}: cannot read the training checkpoint ({detail}). {fix}"
+        ) from exc
+
+    def damaged(what: str) -> TrainingError:
+        return TrainingError(f"{path}: the training checkpoint is damaged: {what}. {fix}")
+
+    if not isinstance(state, dict):
+        raise damaged(f"expected a training state, found {type(state).__name__}")
+    missing = [key for key in _STATE_KEYS if key not in state]
+    if missing:
+        raise damaged(f"it has no {', '.join(missing)}")
+    saved = state["config"]
+    if not isinstance(saved, dict):
+        raise damaged(f"its config is a {type(saved).__name__}, not a mapping")
     differ = {
         k: (saved.get(k), v)
         for k, v in dataclasses.asdict(config).items()
@@ -236,7 +270,71 @@ def _load_resume_state(config: TrainConfig) -> dict[str, Any]:
             f"{path}: cannot resume with different settings ({listed}). Resume with the "
             f"original options, or start a new run without --resume."
         )
+    epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+    # Written after epoch 1 at the earliest; epochs == config.epochs is a finished run whose
+    # outputs were not written yet (interrupted after its last epoch).
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= config.epochs:
+        raise damaged(f"epoch {epoch!r} is not one of this run's epochs 1 to {config.epochs}")
+    if not isinstance(history, list) or len(history) != epoch:
+        raise damaged(f"its history does not list the {epoch} epochs done")
+    if not all(isinstance(record, dict) for record in history):
+        raise damaged("its history holds other things than epoch records")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not (math.isfinite(seconds) and seconds >= 0)
+    ):
+        raise damaged(f"its time spent, {seconds!r}, is not a duration")
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise damaged("its model is not a state_dict")
+    bad = nonfinite_tensors(weights) + [
+        f"optimizer state of parameter {index}"
+        for index, moments in _optimizer_moments(state["optimizer"])
+        if nonfinite_tensors(moments)
+    ]
+    if bad:
+        raise damaged(
+            f"NaN or infinite values in {', '.join(bad[:4])} (the run had diverged when it "
+            f"was saved)"
+        )
     return state
+
+
+def _optimizer_moments(optimizer_state: Any) -> list[tuple[Any, dict[str, torch.Tensor]]]:
+    """(parameter index, its tensors) of an optimizer's state_dict, as far as it has them."""
+    if not isinstance(optimizer_state, dict) or not isinstance(optimizer_state.get("state"), dict):
+        return []
+    return [
+        (index, {k: v for k, v in moments.items() if isinstance(v, torch.Tensor)})
+        for index, moments in optimizer_state["state"].items()
+        if isinstance(moments, dict)
+    ]
+
+
+def _restore(
+    state: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+) -> None:
+    """Put a checked training state (``_load_resume_state``) back into the run's objects;
+    whatever does not fit them is a ``TrainingError``."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(gen, state["rng"])
+    except Exception as exc:  # load_state_dict and set_state raise several kinds
+        detail = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+        raise TrainingError(
+            f"{path}: the training checkpoint does not fit this run ({detail}). Start a new "
+            f"run without --resume."
+        ) from exc
 
 
 # Outlier Exposure: a bank of drawn non-digits, made once per run from the seed, and how
@@ -277,6 +375,48 @@ def _split_data(config: TrainConfig) -> tuple[data.Split, data.Split]:
     return full.subset(train_idx), full.subset(val_idx)
 
 
+def check_config(config: TrainConfig) -> None:
+    """Refuse a config that ``mnist-cnn train`` would refuse as it parses: every field is
+    checked against its own definition (``options.option``). Also a run name that is not
+    one directory. Raises ``TrainingError``."""
+    problems = config_problems(config)
+    if problems:
+        raise TrainingError("; ".join(problems))
+    try:
+        config.model_file  # noqa: B018 (a bad run name raises here, before any work)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def _check_writable(directories: list[Path]) -> None:
+    """Create the output directories and write a file in each, before the first epoch: a
+    read-only or missing place is found in a second, not after the training (when it would
+    lose the run). Raises ``TrainingError`` naming the directory."""
+    for directory in dict.fromkeys(directories):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise TrainingError(
+                f"cannot write in {directory}: {exc.strerror or exc}; nothing was trained. "
+                f"Choose other places with --model-path and --report-dir."
+            ) from None
+
+
+def _diverged(where: str, config: TrainConfig, saved_epoch: int) -> TrainingError:
+    kept = (
+        f"the state after epoch {saved_epoch} is still in {config.checkpoint_path}"
+        if saved_epoch
+        else "no state was saved"
+    )
+    return TrainingError(
+        f"training diverged: {where}. No model was written (nothing at {config.model_file} "
+        f"was replaced; {kept}). Train with a lower learning rate (--lr, now {config.lr:g})."
+    )
+
+
 def train(
     config: TrainConfig,
     *,
@@ -290,23 +430,25 @@ def train(
     ``log`` receives one summary line per epoch; ``progress`` shows a tqdm bar per epoch;
     ``on_epoch(model, record)`` is called after each epoch (benchmarks use it to follow test
     accuracy; raising ``KeyboardInterrupt`` there interrupts like Ctrl-C).
+
+    Raises ``TrainingError`` for a config outside its options' ranges, a training state
+    that cannot be resumed, output places that cannot be written, a loss or weights that
+    become NaN or infinite (nothing is written then), and a write that fails (full disk:
+    one line naming the file). An existing model is replaced only by a complete, finite one,
+    and only after the curves are written.
     """
     from tqdm import tqdm
 
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise TrainingError("epochs and batch size must be at least 1, and lr positive")
-    if not 0 <= config.translate < 0.5:
-        raise TrainingError(f"translate must be in [0, 0.5), got {config.translate}")
-    if config.schedule not in ("onecycle", "constant"):
-        raise TrainingError(f"unknown schedule {config.schedule!r}; use onecycle or constant")
-    if not (math.isfinite(config.outlier_weight) and config.outlier_weight >= 0):
-        raise TrainingError(f"outlier weight must be 0 or more, got {config.outlier_weight}")
+    check_config(config)
     try:
-        config.model_file  # noqa: B018 (a bad run name raises here, before any work)
-    except ValueError as exc:
+        device = resolve_device(config.device)
+    except (ValueError, RuntimeError) as exc:
         raise TrainingError(str(exc)) from None
-    device = resolve_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    # Everything that can refuse the run is checked before the data is read and the first
+    # epoch is spent: the resumed state, and the places the outputs go.
+    state = _load_resume_state(config) if resume else None
+    _check_writable([config.model_file.parent, config.reports])
 
     train_set, val_set = _split_data(config)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -333,12 +475,8 @@ def train(
 
     result = TrainResult(config=config, model=model)
     start_epoch = 1
-    if resume:
-        state = _load_resume_state(config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(gen, state["rng"])
+    if state is not None:
+        _restore(state, config.checkpoint_path, model, optimizer, scheduler, gen)
         result.history = list(state["history"])
         result.seconds = float(state["seconds"])
         start_epoch = int(state["epoch"]) + 1
@@ -358,16 +496,19 @@ def train(
                 leave=False,
                 disable=not progress,
             )
-            for x, y in data.batches(
-                train_set,
-                config.batch_size,
-                MNIST_MEAN,
-                MNIST_STD,
-                shuffle=True,
-                generator=gen,
-                augment=config.augment,
-                max_translate=config.translate,
-                strokes=config.strokes,
+            for step, (x, y) in enumerate(
+                data.batches(
+                    train_set,
+                    config.batch_size,
+                    MNIST_MEAN,
+                    MNIST_STD,
+                    shuffle=True,
+                    generator=gen,
+                    augment=config.augment,
+                    max_translate=config.translate,
+                    strokes=config.strokes,
+                ),
+                start=1,
             ):
                 y = y.to(device)
                 if outliers is not None:
@@ -383,6 +524,14 @@ def train(
                 loss = digit_loss
                 if outliers is not None:
                     loss = loss + config.outlier_weight * uniform_loss(out[len(y) :])
+                # Checked at once: one NaN step makes every weight NaN, and the rest of the
+                # epoch would be spent computing NaN. (The .cpu() below syncs anyway.)
+                if not bool(torch.isfinite(loss.detach()).cpu()):
+                    raise _diverged(
+                        f"the loss is {loss.item()} at step {step} of epoch {epoch}",
+                        config,
+                        len(result.history),
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -395,7 +544,22 @@ def train(
                 bar.update()
             bar.close()
             train_seconds = time.perf_counter() - t0
+            # A finite loss can still leave the weights infinite (a step too large for
+            # float32): nothing non-finite is saved, not even as the state to resume from.
+            bad = nonfinite_tensors(model.state_dict())
+            if bad:
+                raise _diverged(
+                    f"the weights ({', '.join(bad[:3])}) became NaN or infinite in epoch {epoch}",
+                    config,
+                    len(result.history),
+                )
             val = _score(model, val_set)
+            if not math.isfinite(val.loss):
+                raise _diverged(
+                    f"the validation loss is {val.loss} after epoch {epoch}",
+                    config,
+                    len(result.history),
+                )
             epoch_seconds = time.perf_counter() - t0
             result.seconds += epoch_seconds
             record = {
@@ -409,22 +573,20 @@ def train(
                 "images_per_second": round(seen / train_seconds),
             }
             result.history.append(record)
-            atomic.write_with(
-                config.checkpoint_path,
-                lambda f, epoch=epoch: torch.save(
-                    {
-                        "config": dataclasses.asdict(config),
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": _rng_state(gen),
-                        "history": result.history,
-                        "seconds": result.seconds,
-                    },
-                    f,
-                ),
-            )
+            training_state = {
+                "config": dataclasses.asdict(config),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(gen),
+                "history": result.history,
+                "seconds": result.seconds,
+            }
+            try:
+                atomic.write_bytes(config.checkpoint_path, state_bytes(training_state))
+            except OSError as exc:  # atomic.WriteError: "cannot write <path>: <reason>"
+                raise TrainingError(f"{exc}; the run stopped after epoch {epoch}.") from exc
             log(
                 f"epoch {epoch:>2}/{config.epochs}  "
                 f"train loss {record['train_loss']:.4f} acc {100 * record['train_accuracy']:.2f}%  "
@@ -447,9 +609,20 @@ def train(
     test_set = data.load_split("test", config.data_dir or None)
     test = _score(model, test_set)
     result.test_accuracy, result.test_loss = test.accuracy, test.loss
-    result.outputs = write_outputs(
-        model, result, device, len(train_set), len(val_set), len(test_set)
-    )
+    if not math.isfinite(test.loss):
+        raise _diverged(f"the test loss is {test.loss}", config, len(result.history))
+    try:
+        result.outputs = write_outputs(
+            model, result, device, len(train_set), len(val_set), len(test_set)
+        )
+    except (OSError, CheckpointError) as exc:
+        # Written in an order that keeps the old model unless the new pair is complete
+        # (write_outputs): the message need not say more than what failed, and the way on.
+        raise TrainingError(
+            f"{exc}; the run's outputs were not all written (its state after the last epoch "
+            f"is in {config.checkpoint_path}: --resume, with other places if need be, writes "
+            f"them again)."
+        ) from exc
     return result
 
 
@@ -461,7 +634,13 @@ def write_outputs(
     n_val: int,
     n_test: int,
 ) -> dict[str, Path]:
-    """Save the weights, their metadata and the training curves (all atomically)."""
+    """Save the training curves, then the weights and their metadata (all atomically).
+
+    The curves go first: when they cannot be written (a read-only report directory, a full
+    disk), the model that was there stays, rather than being replaced by a run that then
+    fails. The weights and JSON are replaced together, and only when finite
+    (``checkpoint.save_model``). Raises ``atomic.WriteError`` and ``CheckpointError``.
+    """
     # matplotlib is imported only here: the CLI imports this module to build its parser, and
     # `mnist-cnn serve` would otherwise carry 35 MB of plotting code in every worker.
     from mnist_cnn import plots
@@ -505,10 +684,10 @@ def write_outputs(
         "torch_version": torch.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    model_path = config.model_file
-    save_model(model, model_path, metadata)
     curves = config.reports / "training_curves.png"
     plots.save_figure(plots.curves_figure(result.history), curves)
+    model_path = config.model_file
+    save_model(model, model_path, metadata)
     return {"model": model_path, "metadata": model_path.with_suffix(".json"), "curves": curves}
 
 
@@ -517,8 +696,10 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingError",
+    "check_config",
     "config_for",
     "configure_process",
     "keep_freed_memory",
+    "option_problem",
     "train",
 ]

@@ -142,7 +142,16 @@ class UnsurePolicy:
         unknown = sorted(set(thresholds) - known)
         if unknown:
             raise ValueError(f"unknown unsure thresholds {unknown}; known: {sorted(known)}")
-        return cls(**thresholds)
+        policy = cls(**thresholds)
+        # Thresholds no calibration can produce: a probability above 1 or an aspect limit of
+        # 0 would answer "not sure" to every image, silently.
+        for name in ("min_margin", "min_confidence"):
+            value = getattr(policy, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} is a probability, in [0, 1], not {value!r}")
+        if policy.max_aspect is not None and not policy.max_aspect > 0:
+            raise ValueError(f"max_aspect must be greater than 0, not {policy.max_aspect!r}")
+        return policy
 
     def to_metadata(self) -> dict[str, Any]:
         """The "unsure" metadata entry (JSON-ready) that ``from_metadata`` reads back."""

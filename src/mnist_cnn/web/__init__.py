@@ -4,6 +4,9 @@
 takes a ``WebConfig``, loads the model through the ``Predictor`` and registers two
 blueprints, ``pages`` (the HTML page) and ``api`` (``/api/...``, JSON only).
 
+Answers are strict JSON: a non-finite number (NaN, infinity) anywhere in an answer is a
+500 error, logged, never a bare ``NaN`` that most JSON parsers reject (``StrictJSONProvider``).
+
 The model is the only global state in the project: it is loaded once per process and
 cached here, keyed by what identifies it, so that every app created in a process (and every
 request, on every server thread) shares it. Loading happens when the app is created, not on
@@ -27,6 +30,11 @@ if TYPE_CHECKING:
     from mnist_cnn.checkpoint import ModelInfo
     from mnist_cnn.predict import Predictor
 
+# The WSGI environ key under which a server may pass a context manager factory: the app
+# enters it while it waits for or runs a large decode, so that the server can let another
+# request run meanwhile (``server.py`` adds a request thread). Absent: nothing happens.
+STEP_ASIDE = "mnist_cnn.step_aside"
+
 # 10 MB: a full-resolution phone photo fits; anything larger is refused before it is read.
 # The production server enforces a limit too (see ``server.py``), so that an oversized body
 # is cut off at the socket instead of being buffered.
@@ -43,6 +51,14 @@ class WebConfig:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     # Log one line per prediction (digit, confidence, top 3, elapsed, model file).
     log_predictions: bool = True
+    # Images whose decoding needs more than large_decode_bytes (estimated from the header)
+    # are decoded at most max_large_decodes at a time in a process; up to
+    # large_decode_waiters more wait (at most large_decode_wait_s), and any other gets a
+    # 503 at once. Small images never wait for these slots.
+    max_large_decodes: int = 1
+    large_decode_waiters: int = 1
+    large_decode_bytes: int = 16 * 1024 * 1024
+    large_decode_wait_s: float = 10.0
 
 
 # The process-wide model cache: (path, backend) -> Predictor.
@@ -114,6 +130,8 @@ class AppState:
     model_summary: dict[str, Any]  # what every prediction says about its model
     started: float  # time.time() at creation, for /api/health's uptime
     version: str
+    large_decodes: threading.BoundedSemaphore  # see WebConfig.max_large_decodes
+    large_decode_room: threading.BoundedSemaphore  # see WebConfig.large_decode_waiters
 
 
 def state(app: Flask | None = None) -> AppState:
@@ -123,6 +141,23 @@ def state(app: Flask | None = None) -> AppState:
 
         app = current_app
     return app.extensions["mnist_cnn"]
+
+
+def _strict_json_provider() -> type:
+    """Flask's JSON provider, refusing NaN and infinities (built on first use: Flask is the
+    web extra's)."""
+    from flask.json.provider import DefaultJSONProvider
+
+    class StrictJSONProvider(DefaultJSONProvider):
+        """JSON as RFC 8259 has it: ``json.dumps`` writes NaN and Infinity by default,
+        which JavaScript's JSON.parse and most other parsers refuse. A non-finite number
+        raises ValueError instead, and the request ends as a logged 500."""
+
+        def dumps(self, obj: Any, **kwargs: Any) -> str:
+            kwargs.setdefault("allow_nan", False)
+            return super().dumps(obj, **kwargs)
+
+    return StrictJSONProvider
 
 
 def create_app(config: WebConfig | None = None) -> Flask:
@@ -143,6 +178,7 @@ def create_app(config: WebConfig | None = None) -> Flask:
         # sent as a form field may be larger, and the overall cap above is what matters.
         MAX_FORM_MEMORY_SIZE=config.max_upload_bytes,
     )
+    app.json = _strict_json_provider()(app)
     # Keep the documented key order in JSON answers (digit first, not alphabetical).
     app.json.sort_keys = False  # type: ignore[attr-defined]
     from mnist_cnn.web import api, errors, pages
@@ -155,6 +191,8 @@ def create_app(config: WebConfig | None = None) -> Flask:
         model_summary=model_summary(predictor.info),
         started=time.time(),
         version=__version__,
+        large_decodes=threading.BoundedSemaphore(config.max_large_decodes),
+        large_decode_room=threading.BoundedSemaphore(config.large_decode_waiters),
     )
 
     app.register_blueprint(pages.bp)
@@ -182,4 +220,12 @@ def create_app(config: WebConfig | None = None) -> Flask:
     return app
 
 
-__all__ = ["MAX_UPLOAD_BYTES", "AppState", "WebConfig", "create_app", "get_predictor", "state"]
+__all__ = [
+    "MAX_UPLOAD_BYTES",
+    "STEP_ASIDE",
+    "AppState",
+    "WebConfig",
+    "create_app",
+    "get_predictor",
+    "state",
+]

@@ -14,24 +14,39 @@ can show it without a second request), a summary of the model and the time it to
 prediction's ``status`` is "ok", or "unsure" with a ``reason`` (``{"code", "message"}``)
 when the input is probably not one digit or the model cannot tell: "not sure" is an answer
 (200), not an error. What goes wrong is an error with a status (``errors.py``): 400 for a
-request we cannot read, 413 for a body over the limit, 415 for what is not an image, 422
-for an image without a digit.
+request we cannot read (any body that is not JSON when it says it is, however it fails to
+parse), 413 for a body over the limit, 415 for what is not an image, 422 for an image
+without a digit or too large to decode, 503 when too many large images are being decoded.
+
+A large image (one whose decoding needs more than ``WebConfig.large_decode_bytes``, read
+from its header) is decoded only while it holds one of the process's
+``max_large_decodes`` slots: the memory of a server is then bounded by its workers, not by
+how many people send large images at once. A few may wait for a slot; others get a 503
+with Retry-After at once, so that waiting requests never hold all of a server's threads.
+While it waits or decodes, the request steps aside (``STEP_ASIDE``): the production
+server lets the worker's normal requests run meanwhile.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
+import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Request, request
 from PIL import Image
 
-from mnist_cnn.web import state
+from mnist_cnn.decode import estimate_decode_bytes
+from mnist_cnn.locate import WORK_SIDE
+from mnist_cnn.web import STEP_ASIDE, AppState, state
 from mnist_cnn.web.errors import ApiError
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -89,9 +104,14 @@ def read_image(req: Request) -> tuple[bytes, str]:
             400, "missing_image", "the form has no field 'image'; send the file as 'image'"
         )
     if req.is_json:
-        payload = req.get_json(silent=True)
-        if payload is None:
-            raise ApiError(400, "malformed_json", "the body is not valid JSON")
+        raw = req.get_data(cache=False)
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            # ValueError: bad syntax or encoding; RecursionError: nesting deeper than the
+            # parser's stack (json.loads("[" * 100_000)). Either way the client's mistake.
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+            raise ApiError(400, "malformed_json", f"the body is {detail}") from exc
         if not isinstance(payload, dict) or "image" not in payload:
             raise ApiError(
                 400,
@@ -129,13 +149,51 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _busy() -> ApiError:
+    return ApiError(
+        503,
+        "busy",
+        "the server is decoding other large images; retry in a few seconds, or send a "
+        "smaller image",
+        headers={"Retry-After": "2"},
+    )
+
+
+@contextmanager
+def decode_slot(app: AppState, data: bytes, step_aside: Callable[[], Any]) -> Iterator[None]:
+    """Hold one of the process's large-decode slots while ``data`` is decoded, if it is a
+    large image, stepping aside (``step_aside()``) while waiting and decoding. Raises
+    ``ApiError`` (503) when no slot frees up in time or too many wait already."""
+    config = app.config
+    need = estimate_decode_bytes(data, app.predictor.max_pixels, max_side=WORK_SIDE)
+    if need <= config.large_decode_bytes:
+        yield
+        return
+    slots, room = app.large_decodes, app.large_decode_room
+    with step_aside():
+        if not slots.acquire(blocking=False):
+            if not room.acquire(blocking=False):
+                raise _busy()
+            try:
+                if not slots.acquire(timeout=config.large_decode_wait_s):
+                    raise _busy()
+            finally:
+                room.release()
+        try:
+            yield
+        finally:
+            slots.release()
+
+
 @bp.post("/predict")
 def predict() -> dict[str, Any]:
     """Classify one image; see the module docstring for the accepted forms."""
     started = time.perf_counter()
     app = state()
     data, source = read_image(request)
-    prediction = app.predictor.predict(data)
+    step_aside = request.environ.get(STEP_ASIDE, contextlib.nullcontext)
+    with decode_slot(app, data, step_aside):
+        prediction = app.predictor.predict(data)
     body = prediction.to_dict()
     body["input_28x28"] = png_data_url(prediction.model_input)
     body["model"] = app.model_summary

@@ -39,17 +39,22 @@ HTTP_CODES: dict[int, str] = {
     413: "too_large",
     415: "unsupported_media_type",
     500: "internal_error",
+    503: "unavailable",
 }
 
 
 class ApiError(Exception):
-    """An error a view reports to the client as it is."""
+    """An error a view reports to the client as it is (with ``headers``: such as a 503's
+    Retry-After)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
 
 
 def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -65,7 +70,7 @@ def image_error_status(exc: ImageError) -> int:
     return 422  # an ImageError subclass added later: the image is the problem, not the request
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     """A byte count for people: 10 MB, 512 kB."""
     if n >= 1024 * 1024:
         return f"{n / 1024 / 1024:.3g} MB"
@@ -82,8 +87,10 @@ def register(app: Flask) -> None:
     """Install the error handlers on ``app``."""
 
     @app.errorhandler(ApiError)
-    def api_error(exc: ApiError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message)
+    def api_error(exc: ApiError) -> Response:
+        response = app.make_response(error_response(exc.status, exc.code, exc.message))
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(ImageError)
     def image_error(exc: ImageError) -> tuple[Response, int]:
@@ -97,7 +104,7 @@ def register(app: Flask) -> None:
         if status == 413:
             message = (
                 f"the request is larger than the limit of "
-                f"{_size(app.config['MAX_CONTENT_LENGTH'])}; send a smaller image"
+                f"{human_size(app.config['MAX_CONTENT_LENGTH'])}; send a smaller image"
             )
         if _wants_json():
             response = app.make_response(error_response(status, code, message))
