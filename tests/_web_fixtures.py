@@ -164,40 +164,10 @@ class Server:
 def running_server(*options: str, startup_timeout: float = 90.0) -> Iterator[Server]:
     """``mnist-cnn serve --host 127.0.0.1 --port <free> *options``; stopped on exit."""
     port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        log_path = Path(tmp) / "server.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mnist_cnn", "serve", "--host", "127.0.0.1",
-                 "--port", str(port), *options],
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        server = Server(process, port, log_path)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the server exited at start-up:\n{server.log()}")
-                try:
-                    if server.request("GET", "/api/health")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start in time:\n{server.log()}")
-                time.sleep(0.2)
-            yield server
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    command = [sys.executable, "-m", "mnist_cnn", "serve", "--host", "127.0.0.1",
+               "--port", str(port), *options]  # fmt: skip
+    with _server_process(command, port, startup_timeout) as server:
+        yield server
 
 
 def bomb_png(side: int = 6300, mode: str = "RGBA") -> bytes:

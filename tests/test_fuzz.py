@@ -146,6 +146,7 @@ def stand_in(case: _fuzz.Case) -> Callable[[Any], Any]:
     return call
 
 
+@pytest.mark.slow  # starts and kills a worker per failure kind
 def test_the_harness_catches_each_failure() -> None:
     cases = [_fuzz.make_case(SEED, i) for i in range(len(STAND_IN))]
     results = _fuzz.run(

@@ -59,10 +59,12 @@ def _editor(path: Path | None) -> dict:
 # --------------------------------------------------------------------------- served
 
 
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
 def test_the_server_listens_on_loopback_only(server: str) -> None:
     assert server.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
 def test_uploads_of_real_digits_are_read_correctly(
     client: gradio_client.Client, clear_digits: list, shipped_predictor: Predictor
 ) -> None:
@@ -84,6 +86,7 @@ def test_uploads_of_real_digits_are_read_correctly(
         )
 
 
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
 def test_drawings_of_real_digits_are_read_correctly(
     client: gradio_client.Client, clear_digits: list, tmp_path: Path
 ) -> None:
@@ -93,6 +96,7 @@ def test_drawings_of_real_digits_are_read_correctly(
         assert scores["label"] == str(label), f"the drawn {label} read as {scores['label']}"
 
 
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
 def test_an_empty_canvas_gets_a_message_not_an_error(
     client: gradio_client.Client, tmp_path: Path
 ) -> None:
@@ -104,6 +108,7 @@ def test_an_empty_canvas_gets_a_message_not_an_error(
         assert gradio_app.EMPTY_MESSAGE in message
 
 
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
 def test_a_file_that_is_not_an_image_gets_a_message_not_an_error(
     client: gradio_client.Client, tmp_path: Path
 ) -> None:
@@ -191,6 +196,7 @@ def test_not_sure_is_said_in_words(
     )
 
 
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
 def test_importing_the_package_does_not_import_gradio() -> None:
     code = (
         "import sys, mnist_cnn, mnist_cnn.cli, mnist_cnn.predict, mnist_cnn.gradio_app\n"

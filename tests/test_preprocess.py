@@ -8,6 +8,7 @@ facade that chains them."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -448,3 +449,34 @@ def test_stroke_width_of_a_ring() -> None:
         ring = ((radius >= inner) & (radius < inner + 4)).astype(np.float32)
         assert 3.6 < stroke_width(ring) < 4.4, inner
     assert stroke_width(np.zeros((5, 5))) == 0.0
+
+
+# ------------------------------------------------------ found by the fuzzer (benchmarks/fuzz.py)
+
+
+def test_a_float128_value_beyond_float32_is_out_of_range_not_infinite() -> None:
+    huge = np.full((28, 28), np.finfo(np.longdouble).max, np.longdouble)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "overflow encountered in cast" on the way
+        with pytest.raises(UnsupportedImageError, match=r"must lie in \[0, 1\] or \[0, 255\]"):
+            pp.prepare(huge)
+
+
+@pytest.mark.parametrize(("straight", "premultiplied"), [("LA", "La"), ("RGBA", "RGBa")])
+def test_premultiplied_alpha_modes_read_as_their_straight_twins(
+    straight: str, premultiplied: str
+) -> None:
+    ink = np.full((60, 60), 255, np.uint8)
+    ink[15:45, 27:33] = 0  # a dark "1" on white
+    planes = [ink] * (1 if straight == "LA" else 3) + [np.full((60, 60), 255, np.uint8)]
+    image = Image.fromarray(np.dstack(planes), straight)
+    expected = pp.prepare(image).image
+    assert expected.max() == 255
+    np.testing.assert_array_equal(pp.prepare(image.convert(premultiplied)).image, expected)
+
+
+def test_pillows_bomb_warning_is_a_size_error_where_warnings_are_errors() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # python -W error: Pillow's warning is raised
+        with pytest.raises(ImageTooLargeError):
+            pp.prepare(png_claiming(10_000, 10_000))  # 100 MP: Pillow warns from 89 MP

@@ -52,9 +52,13 @@ from mnist_cnn.decode import ImageTooLargeError, UnsupportedImageError, load_ima
 from mnist_cnn.predict import Prediction, Predictor
 from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app, state
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="forked workers and /proc are Linux's"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="forked workers and /proc are Linux's"
+    ),
+    # Real servers, real attacks, seconds each: the whole suite's, not the inner loop's.
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")

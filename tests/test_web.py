@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import dataclasses
 import io
 import json
@@ -33,10 +32,12 @@ from _web_fixtures import (
     as_canvas,
     as_scan,
     data_url,
+    established_connections,
     multipart,
     png_bytes,
     running_server,
     sample_digits,
+    worker_pids,
 )
 from flask import Flask
 from flask.testing import FlaskClient
@@ -577,6 +578,7 @@ def test_serve_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None
 # --------------------------------------------------------------------------- production server
 
 
+@pytest.mark.slow  # the real server, its workers forked
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="multi-worker serving needs fork")
 def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> None:
     with running_server("--workers", "2", "--threads", "2") as server:
@@ -626,18 +628,18 @@ def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> N
             client.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert client.recv(100).startswith(b"HTTP/1.1 200")
             clients.append(client)
-        per_worker = _established_connections(server.port, _workers(server.process.pid))
+        per_worker = established_connections(server.port, worker_pids(server.process.pid))
         assert sorted(per_worker.values()) == [4, 4], per_worker
         for client in clients:
             client.close()
 
         # A worker that dies is replaced; the server keeps answering meanwhile.
-        workers = _workers(server.process.pid)
+        workers = worker_pids(server.process.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            current = _workers(server.process.pid)
+            current = worker_pids(server.process.pid)
             if len(current) == 2 and workers[0] not in current:
                 break
             time.sleep(0.2)
@@ -651,7 +653,7 @@ def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> N
         assert len(re.findall(r"prediction digit=\d confidence=", server.log())) >= 40
 
         # SIGTERM stops every process.
-        workers = _workers(server.process.pid)
+        workers = worker_pids(server.process.pid)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=20) == 0
         deadline = time.monotonic() + 10
@@ -660,10 +662,11 @@ def test_production_server_end_to_end(digits: list[tuple[np.ndarray, int]]) -> N
         assert not _alive(workers), "workers outlived the server"
 
 
+@pytest.mark.slow  # the real server, its workers forked
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_do_not_outlive_a_killed_server() -> None:
     with running_server("--workers", "2") as server:
-        workers = _workers(server.process.pid)
+        workers = worker_pids(server.process.pid)
         assert len(workers) == 2
         server.process.kill()  # SIGKILL: the supervisor gets no chance to stop them
         server.process.wait(timeout=10)
@@ -671,41 +674,6 @@ def test_workers_do_not_outlive_a_killed_server() -> None:
         while _alive(workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(workers), "orphaned workers kept serving"
-
-
-def _workers(server_pid: int) -> list[int]:
-    """The pids of the server's worker processes (its children, from /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == server_pid and fields[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
-
-
-def _established_connections(port: int, pids: list[int]) -> dict[int, int]:
-    """How many established TCP connections on ``port`` each process holds (Linux /proc)."""
-    owner = {}
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    owner[int(target[8:-1])] = pid
-    counts = dict.fromkeys(pids, 0)
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].split(":")[1], 16)
-        established = fields[3] == "01"
-        inode = int(fields[9])
-        if local_port == port and established and inode in owner:
-            counts[owner[inode]] += 1
-    return counts
 
 
 def _alive(pids: list[int]) -> list[int]:

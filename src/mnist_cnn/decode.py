@@ -146,13 +146,16 @@ def _array_to_gray(array: np.ndarray, max_pixels: int) -> np.ndarray:
         scale = 65535.0 if a.dtype == np.uint16 or top > 255 else 255.0
         a = a.astype(np.float32) / scale
     elif a.dtype.kind == "f":
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all() or a.min() < 0:
+        # Checked in the array's own precision: a float128 value beyond float32's range is
+        # finite, only out of range (a cast first would overflow to inf, and say "finite").
+        if a.size and (not np.isfinite(a).all() or a.min() < 0):
             raise UnsupportedImageError("float pixel values must be finite and non-negative")
+        top = float(a.max()) if a.size else 0.0
+        if top > 255.0:
+            raise UnsupportedImageError("float pixel values must lie in [0, 1] or [0, 255]")
+        a = a.astype(np.float32)
         # Floats are taken as [0, 1]; arrays on a 0..255 scale are common enough to accept.
-        if a.max() > 1.0:
-            if a.max() > 255.0:
-                raise UnsupportedImageError("float pixel values must lie in [0, 1] or [0, 255]")
+        if top > 1.0:
             a = a / 255.0
     else:
         raise UnsupportedImageError(f"unsupported array dtype {a.dtype}")
@@ -204,6 +207,9 @@ def _pil_planes(img: Image.Image, top: float | None = None) -> tuple[np.ndarray,
     """A decoded Pillow image of any mode -> (float32 (H, W) gray in [0, 1], its alpha in
     [0, 1] or None). ``top``: the largest value of the whole image, for a tile of a 32-bit
     image (whose scale depends on it)."""
+    if img.mode in ("La", "RGBa"):
+        # Premultiplied alpha: Pillow converts it only to its straight-alpha twin.
+        img = img.convert(img.mode.upper())
     mode = img.mode
     if mode.startswith("I;16"):
         # 16-bit grayscale: scale the full 0..65535 range (clipping to 8 bits would turn a
@@ -400,8 +406,9 @@ def _open(fp: io.BufferedIOBase | io.BytesIO, what: str, max_pixels: int) -> Ima
         raise UnsupportedImageError(
             f"{what} is not an image in a supported format ({', '.join(FORMATS)})"
         ) from exc
-    except Image.DecompressionBombError as exc:
-        # Pillow's own check, for headers that claim far more than any cap.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check, for headers that claim far more than any cap (its warning,
+        # between 89 and 179 MP, is an exception where warnings are errors: -W error).
         raise ImageTooLargeError(
             f"the image is over the limit of {max_pixels:,} pixels ({exc})"
         ) from exc

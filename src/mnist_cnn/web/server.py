@@ -983,6 +983,11 @@ def serve(config: ServeConfig) -> None:
     # One forward pass now, in the parent: PyTorch's lazy initialisation (kernel selection,
     # buffers) then happens once, and no worker's first user waits for it.
     state(app).predictor.predict_inputs(np.zeros((1, 28, 28), np.uint8))
+    # What loading freed (the file's bytes, the checks' temporaries) goes back to the system
+    # before the workers fork: pages they would otherwise inherit and each count.
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
     summary = state(app).model_summary
     sock = listening_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
