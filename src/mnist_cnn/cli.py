@@ -173,7 +173,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.checkpoint import CheckpointError, promote
     from mnist_cnn.data import DatasetError
     from mnist_cnn.train import TrainConfig, TrainingError, config_for, configure_process, train
 
@@ -204,7 +204,7 @@ def _train(args: argparse.Namespace) -> int:
         # The run's evaluation report (per class, confusion matrix, mistakes) beside its model.
         outputs.update(_evaluation_report(outputs["model"], config.data_dir, config.reports)[1])
         if args.promote:
-            outputs["promoted model"] = _promote_model(outputs["model"])
+            outputs["promoted model"] = promote(outputs["model"])
     except (CheckpointError, DatasetError, OSError) as exc:
         # OSError: the report could not be written (atomic.WriteError names the file); the
         # run's model is complete and finite, and stays.
@@ -237,13 +237,6 @@ def _evaluation_report(
     return report, write_report(report, test.images, result, report_dir)
 
 
-def _promote_model(model: Path, destination: Path | None = None) -> Path:
-    from mnist_cnn.checkpoint import promote
-    from mnist_cnn.paths import LOCAL_MODEL
-
-    return promote(model, destination or LOCAL_MODEL)
-
-
 def _add_promote_parser(sub: argparse._SubParsersAction) -> None:
     from mnist_cnn.paths import LOCAL_MODEL
 
@@ -261,10 +254,10 @@ def _add_promote_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.checkpoint import CheckpointError, promote
 
     try:
-        promoted = _promote_model(Path(args.run), Path(args.to))
+        promoted = promote(Path(args.run), Path(args.to))
     except CheckpointError as exc:
         return _fail(str(exc))
     print(f"promoted {args.run} to {promoted} (and its metadata beside it)")
