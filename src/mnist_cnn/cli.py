@@ -359,37 +359,21 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0: every interface)")
     fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
-    p.add_argument("--port", type=_option_type(fields["port"]), default=d.port, help="TCP port")
-    p.add_argument(
-        "--workers",
-        type=_option_type(fields["workers"]),
-        default=d.workers,
-        help="worker processes (0: one per core)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_option_type(fields["threads"]),
-        default=d.threads,
-        help="request threads per worker (2 suits slow requests: large photos)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=_option_type(fields["connection_limit"]),
-        default=d.connection_limit,
-        help="open connections per worker; more wait in the kernel's queue",
-    )
-    p.add_argument(
-        "--header-timeout",
-        type=_option_type(fields["header_timeout_s"]),
-        default=d.header_timeout_s,
-        help="seconds a client has to send a request's headers (then 408)",
-    )
-    p.add_argument(
-        "--grace",
-        type=_option_type(fields["grace_s"]),
-        default=d.grace_s,
-        help="seconds SIGTERM or Ctrl-C waits for the requests in flight before stopping",
-    )
+    # Each numeric option is a ServeConfig field: its type and bounds come from there.
+    numeric = (
+        ("--port", "port", "TCP port"),
+        ("--workers", "workers", "worker processes (0: one per core)"),
+        ("--threads", "threads", "request threads per worker (2 suits slow requests: large "
+         "photos)"),
+        ("--max-connections", "connection_limit", "open connections per worker; more wait in "
+         "the kernel's queue"),
+        ("--header-timeout", "header_timeout_s", "seconds a client has to send a request's "
+         "headers (then 408)"),
+        ("--grace", "grace_s", "seconds SIGTERM or Ctrl-C waits for the requests in flight "
+         "before stopping"),
+    )  # fmt: skip
+    for flag, name, text in numeric:
+        p.add_argument(flag, type=_option_type(fields[name]), default=getattr(d, name), help=text)
     p.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
     p.add_argument(
         "--backend",
