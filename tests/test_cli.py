@@ -48,7 +48,7 @@ def test_train_help_shows_defaults(cli_help: Callable[..., str]) -> None:
         "--lr LR",
         "(default: 0.003)",
         "--augment, --no-augment",
-        "--preset {default,fast,seed}",
+        "--preset {best,default,fast,seed}",
         "--resume",
     ):
         assert fragment in out

@@ -235,3 +235,14 @@ def test_random_strokes_vary_weight_and_edges_but_keep_the_digit(train_split) ->
     near = F.max_pool2d(x, 9, 1, 4) > 0  # a low resolution blurs by a few pixels at most
     assert ((out > 0.1) <= near).all()  # ink stays where it was
     torch.testing.assert_close(out, data.random_strokes(x, torch.Generator().manual_seed(0)))
+
+
+def test_normalise_reads_uint8_arrays_exactly_as_tensors() -> None:
+    # NumPy uint8 inputs take a 256-entry look-up (the Predictor's path): the same bits as
+    # the arithmetic on tensors, for every level, and for other normalisations too.
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    for mean, std in ((data.MNIST_MEAN, data.MNIST_STD), (0.5, 0.25)):
+        looked_up = data.normalise(levels, mean, std)
+        computed = data.normalise(torch.from_numpy(levels), mean, std)
+        assert looked_up.shape == computed.shape == (1, 1, 16, 16)
+        assert torch.equal(looked_up, computed)

@@ -260,6 +260,36 @@ def test_training_notebook_runs_alone_and_saves_a_model_that_works(
 
 
 @pytest.mark.slow
+def test_training_notebook_trains_one_model_in_two_processes(
+    tmp_path: Path, kaggle_input: Path
+) -> None:
+    # What a Kaggle T4 x2 session does with NPROC = "auto", on two CPU processes (gloo):
+    # the notebook starts the package's own command (its embedded copy) through torchrun.
+    nb = _with_parameters(
+        TRAINING,
+        f"""
+        PRESET = "fast"
+        EPOCHS = 1
+        TRAIN_SUBSET = 2000
+        NPROC = 2
+        INPUT_DIR = {str(kaggle_input)!r}
+        DOWNLOAD_DIR = None
+        PACKAGE = "embedded"
+        """.replace("\n        ", "\n"),
+    )
+    _client(nb, tmp_path).execute()
+    _assert_embedded_copy(tmp_path, nb)
+    text = _text_outputs(nb)
+    assert "in 2 data-parallel processes" in text
+    assert "epoch  1/1" in text  # the processes' log reaches the notebook
+    weights = tmp_path / "models" / "mnist_cnn_model.pth"
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    assert meta["training"]["world_size"] == 2 and meta["architecture"] == "SprintCNN"
+    assert load_model(weights).info.metrics["test_accuracy"] > 0.5
+    assert "loads on the CPU with load_state_dict and gives the same outputs" in text
+
+
+@pytest.mark.slow
 def test_web_app_notebook_predicts_real_digits_and_serves_them(
     tmp_path: Path, clear_digits: list
 ) -> None:

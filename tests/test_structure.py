@@ -1,6 +1,6 @@
 """The package's shape: one straight line of imports with no back-edges.
 
-    data -> model -> checkpoint -> train -> evaluate
+    data -> model -> checkpoint -> train -> evaluate, ensemble
     decode -> locate -> preprocess -> predict -> gradio_app, web -> cli
 
 A module may import only modules of a lower layer (read from the source, function-level
@@ -24,12 +24,12 @@ PACKAGE = Path(mnist_cnn.__file__).parent
 
 # Lower layers first; a module imports only from layers below its own.
 LAYERS = [
-    {"atomic", "paths", "extras", "options", "decode", "unsure"},
+    {"atomic", "paths", "extras", "options", "decode", "unsure", "distributed"},
     {"data", "locate", "plots"},
     {"model", "preprocess", "outliers"},
     {"checkpoint"},
     {"train", "export"},
-    {"evaluate", "predict"},
+    {"evaluate", "predict", "ensemble"},
     {"gradio_app", "web.errors"},
     {"web"},  # the app factory; it registers the blueprints below (as flaskr's does)
     {"web.api", "web.pages"},

@@ -232,6 +232,10 @@ def test_prediction_response_shape(
     assert seen.shape == (28, 28) and seen.dtype == np.uint8 and seen.max() > 200
     assert body["model"] == {
         "architecture": "MNISTCNN",
+        "description": "MNISTCNN",
+        "members": 1,
+        "member_architecture": None,
+        "tta": False,
         "file": SHIPPED_MODEL.name,
         "backend": "torch",
         "test_accuracy": client.get("/api/model").get_json()["test_accuracy"],

@@ -209,7 +209,8 @@ TRAINING_INTRO = f"""
 
     **On Kaggle**
     1. *Create → New Notebook*, then *File → Import Notebook* and upload this file.
-    2. In the right-hand panel (*Session options*): *Accelerator* → a GPU (T4 or P100). For the
+    2. In the right-hand panel (*Session options*): *Accelerator* → a GPU (T4 ×2, T4 or P100;
+       with two GPUs one model trains on both, data-parallel, see `NPROC`). For the
        data, either switch *Internet* on (MNIST is downloaded, 11 MB), or *Add Input* a dataset
        holding the four MNIST IDX files (any layout, gzipped or not, such as
        `hojjatk/mnist-dataset`).
@@ -223,8 +224,10 @@ TRAINING_INTRO = f"""
 
 TRAINING_PARAMETERS = """
     # Parameters: edit them here (the tests replace this cell).
-    PRESET = "default"  # "default" (best), "seed" (the seed's recipe), "fast" (FastCNN, quickest)
-    EPOCHS = None  # None: the preset's (default 12, seed 10, fast 3)
+    PRESET = "default"  # "default", "best" (most accurate), "seed" (the seed's), "fast" (quickest)
+    EPOCHS = None  # None: the preset's (default 12, best 20, seed 10, fast 2)
+    MEMBERS = 1  # > 1: train this many networks (seeds SEED, SEED+1, ...) and save their ensemble
+    NPROC = "auto"  # data-parallel processes for one model; "auto": one per GPU (T4 x2: 2), else 1
     TRAIN_SUBSET = 0  # 0: all 55,000 training images; 3000 makes a quick CPU try
     DEVICE = "auto"  # "auto": a CUDA (or Apple) GPU when there is one, else the CPU
     SEED = 0  # initialisation, split, shuffling, augmentation, dropout
@@ -250,21 +253,59 @@ TRAINING_CONFIG = """
     config = train.config_for(PRESET, **overrides)
     train.configure_process(config.threads)  # this notebook is the command: threads, allocator
     device = train.resolve_device(config.device)
-    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"{config.architecture}, {PRESET} preset, {config.epochs} epochs on {device}{gpu}")
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    nproc = (gpus if gpus > 1 else 1) if NPROC == "auto" else int(NPROC)
+    if nproc > 1 and MEMBERS > 1:
+        raise ValueError("NPROC > 1 trains one model on several GPUs: set MEMBERS = 1 for it")
+    gpu = f" ({gpus} x {torch.cuda.get_device_name(device)})" if gpus else ""
+    what = f"an ensemble of {MEMBERS} " if MEMBERS > 1 else ""
+    processes = f" in {nproc} data-parallel processes" if nproc > 1 else ""
+    print(
+        f"{what}{config.architecture}, {PRESET} preset, {config.epochs} epochs on "
+        f"{device.type}{gpu}{processes}"
+    )
     if device.type == "cpu":
         print("No GPU in use: on Kaggle, choose one under Session options -> Accelerator.")
 """
 
 TRAINING_RUN = """
-    result = train.train(config, resume=RESUME, progress=True, log=print)
-    if result.interrupted:
-        # train() stopped cleanly after saving the last finished epoch; stop "Run All" too.
-        raise KeyboardInterrupt("set RESUME = True and run again to continue from there")
+    if nproc > 1:
+        # DistributedDataParallel needs one process per GPU: the package's command starts
+        # them through torchrun (mnist-cnn train --nproc N), rank 0 writes the files.
+        import subprocess
+        import sys
+
+        flags = [f"--{key.replace('_', '-')}={value}" for key, value in overrides.items()]
+        command = [sys.executable, "-m", "mnist_cnn", "train", f"--preset={PRESET}"]
+        command += [*flags, f"--nproc={nproc}", "--no-progress", *(["--resume"] * RESUME)]
+        # Its output is read line by line: a child's own stdout would not reach the notebook.
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as run:
+            for line in run.stdout:
+                print(line, end="")
+        if run.returncode:
+            raise RuntimeError(f"training failed (exit status {run.returncode}): see above")
+        outputs = {
+            "model": config.model_file,
+            "metadata": config.model_file.with_suffix(".json"),
+            "curves": config.reports / "training_curves.png",
+        }
+    elif MEMBERS > 1:
+        # The members train in turn on a GPU, side by side on a CPU with cores to spare.
+        result = ensemble.train_ensemble(config, MEMBERS, log=print)
+        first = ensemble.member_configs(config, MEMBERS)[0]
+        outputs = {**result.outputs, "curves": first.reports / "training_curves.png"}
+    else:
+        result = train.train(config, resume=RESUME, progress=True, log=print)
+        if result.interrupted:
+            # train() stopped cleanly after saving the last finished epoch; stop "Run All" too.
+            raise KeyboardInterrupt("set RESUME = True and run again to continue from there")
+        outputs = result.outputs
 """
 
 TRAINING_EVALUATE = """
-    loaded = checkpoint.load_model(result.outputs["model"], device=device)
+    loaded = checkpoint.load_model(outputs["model"], device=device)
     test_split = data.load_split("test", DATA_DIR)
     evaluation = evaluate.evaluate(loaded.model, test_split, loaded.mean, loaded.std)
     report = evaluate.build_report(evaluation, loaded.path, data.dataset_sha256())
@@ -276,9 +317,18 @@ TRAINING_EVALUATE = """
 """
 
 TRAINING_CPU_CHECK = """
-    weights = Path(result.outputs["model"])
-    cpu_model = model.build_model(loaded.architecture)  # MNISTCNN() with the default preset
-    cpu_model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    weights = Path(outputs["model"])
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if loaded.info.members > 1:
+        # An ensemble's state_dict holds its members' under members.<i>.: an Ensemble of the
+        # members' architecture loads it whole.
+        architecture = loaded.info.member_architecture
+        cpu_model = model.Ensemble(
+            [model.build_model(architecture) for _ in range(loaded.info.members)]
+        )
+    else:
+        cpu_model = model.build_model(loaded.architecture)  # MNISTCNN() with the default preset
+    cpu_model.load_state_dict(state)
     sample = data.normalise(test_split.images[:256], loaded.mean, loaded.std)
     torch.testing.assert_close(
         model.logits_of(cpu_model, sample),
@@ -294,7 +344,7 @@ TRAINING_DOWNLOAD = """
 
     from IPython.display import FileLink
 
-    files = [Path(result.outputs["model"]), Path(result.outputs["metadata"])]
+    files = [Path(outputs["model"]), Path(outputs["metadata"])]
     for path in files:
         size, digest = path.stat().st_size / 1e6, checkpoint.file_sha256(path)
         print(f"{path.resolve()}  {size:.2f} MB  sha256 {digest[:16]}...")
@@ -327,10 +377,18 @@ TRAINING_INSTALL = """
 """
 
 
+# What the training notebook imports, and the command (__main__, cli) that it runs through
+# torchrun to start data-parallel processes (NPROC > 1).
+TRAINING_MODULES = [
+    *("train", "ensemble", "plots", "evaluate", "checkpoint", "data", "model"),
+    *("distributed", "cli", "__main__"),
+]
+
+
 def training_notebook() -> NotebookNode:
     """notebooks/mnist_training.ipynb: train on a GPU when there is one, save, download."""
     imports = """
-        from mnist_cnn import checkpoint, data, evaluate, model, train
+        from mnist_cnn import checkpoint, data, ensemble, evaluate, model, train
 
         import torch
         from IPython.display import Image, display
@@ -339,7 +397,7 @@ def training_notebook() -> NotebookNode:
         _markdown(TRAINING_INTRO),
         _parameters(TRAINING_PARAMETERS),
         _code(TRAINING_INSTALL),
-        *package_cells(["train", "plots", "evaluate", "checkpoint", "data", "model"]),
+        *package_cells(TRAINING_MODULES),
         _code(IMPORT_PACKAGE.format(imports=_text(imports))),
         _markdown("""
             ## The data
@@ -355,7 +413,7 @@ def training_notebook() -> NotebookNode:
         _markdown("## Training"),
         _code(TRAINING_CONFIG),
         _code(TRAINING_RUN),
-        _code('display(Image(filename=result.outputs["curves"]))  # plots.curves_figure'),
+        _code('display(Image(filename=outputs["curves"]))  # plots.curves_figure'),
         _markdown("""
             ## Evaluation of the saved model on the test set
             The model is read back from the file just written, with the one loader that the

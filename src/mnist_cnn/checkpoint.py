@@ -17,10 +17,20 @@ what is wrong and what to do.
 The weights and their JSON are replaced together (``save_model``, ``promote``): a reader
 sees the old pair or the new pair, never new weights beside old metadata, even when the
 writer is killed half-way (see ``_replace_pair``).
+
+An **ensemble** is one such pair too (``save_ensemble``): the weights are the state_dict of a
+``model.Ensemble`` (member i's own keys under ``members.<i>.``), and the JSON has
+``"architecture": "Ensemble"`` and an ``"ensemble"`` entry naming the members' architecture
+and recording each member's seed, run, weights hash and metrics. Everything that finds,
+checks, promotes or loads a model therefore works on an ensemble unchanged.
+
+``load_model(..., tta=True)`` wraps the network in ``model.ShiftTTA`` (test-time
+augmentation: the answer averaged over one-pixel shifts); ``ModelInfo.tta`` records it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -28,8 +38,8 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +52,10 @@ from mnist_cnn.model import (
     MNIST_MEAN,
     MNIST_STD,
     NUM_CLASSES,
+    Ensemble,
+    ShiftTTA,
     build_model,
+    count_parameters,
     logits_of,
 )
 
@@ -60,6 +73,12 @@ MAX_METADATA_DEPTH = 32
 MAX_WEIGHTS_BYTES = 256 << 20
 # A reader that meets a pair being replaced (new JSON, old weights) looks again this soon.
 _RETRY_SECONDS = 0.05
+
+# The "architecture" of an ensemble's JSON; its members' is in its "ensemble" entry.
+ENSEMBLE = "Ensemble"
+# 64 of the largest network are about 110 MB of weights, within MAX_WEIGHTS_BYTES, and far
+# more members than averaging gains anything from.
+MAX_ENSEMBLE_MEMBERS = 64
 
 
 class CheckpointError(Exception):
@@ -81,12 +100,26 @@ class ModelInfo:
     backend: str = "torch"  # what runs it: "torch" or "onnx"
     # The checkpoint's whole JSON ({} for a seed-format state_dict without one).
     metadata: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # An ensemble (architecture ENSEMBLE): how many networks, and their architecture.
+    members: int = 1
+    member_architecture: str | None = None
+    tta: bool = False  # the answer is averaged over shifted copies (model.ShiftTTA)
 
     @property
     def test_accuracy(self) -> float | None:
         """Accuracy on the MNIST test set when the checkpoint records it."""
         value = self.metrics.get("test_accuracy")
         return None if value is None else float(value)
+
+    @property
+    def description(self) -> str:
+        """What runs, for people: ``BestCNN``, ``ensemble of 5 BestCNN``, ``... with shift
+        TTA``. The test accuracy recorded is the model's without TTA."""
+        if self.architecture == ENSEMBLE:
+            text = f"ensemble of {self.members} {self.member_architecture or 'networks'}"
+        else:
+            text = self.architecture
+        return f"{text} with shift TTA" if self.tta else text
 
     @classmethod
     def from_metadata(
@@ -97,6 +130,9 @@ class ModelInfo:
         architecture: str,
         parameters: int | None,
         backend: str = "torch",
+        members: int = 1,
+        member_architecture: str | None = None,
+        tta: bool = False,
     ) -> ModelInfo:
         """The facts of a checkpoint's JSON; a model without one gets MNIST's normalisation."""
         normalisation = metadata.get("input") or {}
@@ -109,6 +145,9 @@ class ModelInfo:
             metrics=dict(metadata.get("metrics") or {}),
             backend=backend,
             metadata=metadata,
+            members=members,
+            member_architecture=member_architecture,
+            tta=tta,
         )
 
 
@@ -127,7 +166,8 @@ class LoadedModel:
 
     @property
     def architecture(self) -> str:
-        """The network's name in ``model.ARCHITECTURES``."""
+        """The network's name in ``model.ARCHITECTURES``, or ``ENSEMBLE`` (the members'
+        is ``info.member_architecture``; ``info.description`` says both, and TTA)."""
         return self.info.architecture
 
     @property
@@ -193,10 +233,65 @@ def _depth_exceeds(obj: object, limit: int) -> bool:
     return False
 
 
+def _metrics_problem(metrics: object, where: str) -> str | None:
+    if not isinstance(metrics, Mapping):
+        return f"'{where}' must be an object, not {type(metrics).__name__}"
+    for name, value in metrics.items():
+        if not _is_number(value) or not math.isfinite(value):
+            return f"{where}.{str(name)[:40]} must be a finite number, not {_short(value)}"
+    return None
+
+
+def _sha256_problem(value: object, where: str) -> str | None:
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return None
+    return f"'{where}' must be 64 lowercase hex digits, not {_short(value)}"
+
+
+def _ensemble_problem(architecture: object, entry: object) -> str | None:
+    """What is wrong with an ensemble's "ensemble" entry (or its absence), or ``None``."""
+    if architecture != ENSEMBLE:
+        return f"an 'ensemble' entry needs 'architecture': '{ENSEMBLE}', not {_short(architecture)}"
+    if entry is None:
+        return f"'architecture' is '{ENSEMBLE}' but there is no 'ensemble' entry"
+    if not isinstance(entry, Mapping):
+        return f"'ensemble' must be an object, not {type(entry).__name__}"
+    network = entry.get("architecture")
+    if not isinstance(network, str) or network not in ARCHITECTURES:
+        return (
+            f"ensemble.architecture must be the members' architecture, one of "
+            f"{', '.join(ARCHITECTURES)}; not {_short(network)}"
+        )
+    members = entry.get("members")
+    if not isinstance(members, list):
+        return f"ensemble.members must be a list, not {type(members).__name__}"
+    if not 1 <= len(members) <= MAX_ENSEMBLE_MEMBERS:
+        return f"ensemble.members must list 1 to {MAX_ENSEMBLE_MEMBERS} members, not {len(members)}"
+    for i, member in enumerate(members):
+        where = f"ensemble.members[{i}]"
+        if not isinstance(member, Mapping):
+            return f"{where} must be an object, not {type(member).__name__}"
+        seed, run = member.get("seed"), member.get("run")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            return f"{where}.seed must be an integer, not {_short(seed)}"
+        if run is not None and not isinstance(run, str):
+            return f"{where}.run must be a string, not {_short(run)}"
+        if member.get("weights_sha256") is not None:
+            problem = _sha256_problem(member["weights_sha256"], f"{where}.weights_sha256")
+            if problem is not None:
+                return problem
+        if member.get("metrics") is not None:
+            problem = _metrics_problem(member["metrics"], f"{where}.metrics")
+            if problem is not None:
+                return problem
+    return None
+
+
 def metadata_problem(meta: object) -> str | None:
     """What is wrong with a checkpoint's metadata, or ``None``: the schema of the fields the
-    code reads (``architecture``, ``input.mean``, ``input.std``, ``metrics``, ``unsure``,
-    ``weights_sha256``) and the nesting depth. Other fields are the file's own business.
+    code reads (``architecture``, ``ensemble``, ``input.mean``, ``input.std``, ``metrics``,
+    ``unsure``, ``weights_sha256``) and the nesting depth. Other fields are the file's own
+    business.
 
     The one check for the JSON beside weights (``load_model``, ``save_model``) and for the
     metadata inside an ONNX file (``Predictor``'s ONNX backend).
@@ -209,8 +304,13 @@ def metadata_problem(meta: object) -> str | None:
     if architecture is not None:
         if not isinstance(architecture, str):
             return f"'architecture' must be a string, not {type(architecture).__name__}"
-        if architecture not in ARCHITECTURES:
-            return f"unknown architecture {_short(architecture)}; known: {', '.join(ARCHITECTURES)}"
+        if architecture not in ARCHITECTURES and architecture != ENSEMBLE:
+            known = ", ".join([*ARCHITECTURES, ENSEMBLE])
+            return f"unknown architecture {_short(architecture)}; known: {known}"
+    if architecture == ENSEMBLE or meta.get("ensemble") is not None:
+        problem = _ensemble_problem(architecture, meta.get("ensemble"))
+        if problem is not None:
+            return problem
     normalisation = meta.get("input")
     if normalisation is not None:
         if not isinstance(normalisation, Mapping):
@@ -224,20 +324,14 @@ def metadata_problem(meta: object) -> str | None:
         # Inputs are divided by std: 0 gives infinities, a negative one mirrors every input.
         if normalisation.get("std") is not None and not normalisation["std"] > 0:
             return f"input.std must be greater than 0, not {_short(normalisation['std'])}"
-    metrics = meta.get("metrics")
-    if metrics is not None:
-        if not isinstance(metrics, Mapping):
-            return f"'metrics' must be an object, not {type(metrics).__name__}"
-        for name, value in metrics.items():
-            if not _is_number(value) or not math.isfinite(value):
-                return f"metrics.{str(name)[:40]} must be a finite number, not {_short(value)}"
-    recorded = meta.get("weights_sha256")
-    if recorded is not None and not (
-        isinstance(recorded, str)
-        and len(recorded) == 64
-        and all(c in "0123456789abcdef" for c in recorded)
-    ):
-        return f"'weights_sha256' must be 64 lowercase hex digits, not {_short(recorded)}"
+    if meta.get("metrics") is not None:
+        problem = _metrics_problem(meta["metrics"], "metrics")
+        if problem is not None:
+            return problem
+    if meta.get("weights_sha256") is not None:
+        problem = _sha256_problem(meta["weights_sha256"], "weights_sha256")
+        if problem is not None:
+            return problem
     if meta.get("unsure") is not None:
         from mnist_cnn.unsure import UnsurePolicy  # OpenCV; only when there is an entry
 
@@ -459,11 +553,60 @@ def check_outputs(
         )
 
 
-def _infer_architecture(state: Mapping[str, torch.Tensor]) -> str:
+_MEMBER_PREFIX = "members."
+
+
+def _infer_network(keys: set[str]) -> str:
     for name, cls in ARCHITECTURES.items():
-        if set(state) == set(cls().state_dict()):
+        if keys == set(cls().state_dict()):
             return name
     return "MNISTCNN"  # the seed format; the mismatch is reported when loading
+
+
+def _infer_architecture(path: Path, state: Mapping[str, torch.Tensor]) -> tuple[str, str, int]:
+    """(architecture, members' architecture, members) of weights without JSON: a single
+    network's (``("FastCNN", "FastCNN", 1)``), or an ``Ensemble``'s, recognised by its
+    ``members.<i>.`` keys, with member 0's architecture and as many members as indices."""
+    indices = set()
+    for key in state:
+        index, dot, _ = key.removeprefix(_MEMBER_PREFIX).partition(".")
+        if key.startswith(_MEMBER_PREFIX) and dot and index.isdigit():
+            indices.add(int(index))
+    if not indices:
+        network = _infer_network(set(state))
+        return network, network, 1
+    count = max(indices) + 1  # a gap is a missing member: load_state_dict names its keys
+    if count > MAX_ENSEMBLE_MEMBERS:
+        raise CheckpointError(
+            f"{path}: the weights hold an ensemble of {count} members; at most "
+            f"{MAX_ENSEMBLE_MEMBERS} are supported."
+        )
+    first = f"{_MEMBER_PREFIX}0."
+    network = _infer_network({k.removeprefix(first) for k in state if k.startswith(first)})
+    return ENSEMBLE, network, count
+
+
+def _describe_state(
+    meta: Mapping[str, Any], path: Path, state: Mapping[str, torch.Tensor]
+) -> ModelInfo:
+    """The architecture of ``state`` as a ModelInfo's fields (``architecture``, ``members``,
+    ``member_architecture``, the rest from ``meta``): the JSON's when it says, else
+    inferred from the keys. ``meta`` passed ``metadata_problem``."""
+    architecture = meta.get("architecture")
+    if architecture is None:
+        architecture, network, members = _infer_architecture(path, state)
+    elif architecture == ENSEMBLE:
+        network, members = meta["ensemble"]["architecture"], len(meta["ensemble"]["members"])
+    else:
+        network, members = architecture, 1
+    return ModelInfo.from_metadata(
+        path,
+        meta,
+        architecture=architecture,
+        parameters=None,
+        members=members,
+        member_architecture=network if architecture == ENSEMBLE else None,
+    )
 
 
 # --------------------------------------------------------------------------- reading a pair
@@ -535,12 +678,20 @@ def read_metadata(weights: str | Path) -> dict[str, Any]:
     return {} if meta_bytes is None else _parse_json(meta_bytes, metadata_path(weights), weights)
 
 
+def _build(info: ModelInfo) -> nn.Module:
+    """A fresh network of the architecture ``info`` describes (an ``Ensemble`` of its
+    members' architecture, or one network); its names were checked already."""
+    if info.architecture == ENSEMBLE:
+        network = info.member_architecture or ""
+        return Ensemble([build_model(network) for _ in range(info.members)])
+    return build_model(info.architecture)
+
+
 def _load_pair(path: Path, pair: _Pair, device: str | torch.device) -> LoadedModel:
     """The one validation step: weights and metadata of ``pair`` into a ready model."""
     state = _read_state_dict(path, pair.weights)
-    meta = pair.metadata
-    architecture = meta.get("architecture") or _infer_architecture(state)
-    model = build_model(architecture)  # a known name: metadata_problem checked it
+    info = _describe_state(pair.metadata, path, state)
+    model = _build(info)
     _check_weights(path, state, model)
     try:
         model.load_state_dict(state)
@@ -552,16 +703,16 @@ def _load_pair(path: Path, pair: _Pair, device: str | torch.device) -> LoadedMod
             if missing or unexpected
             else str(exc).splitlines()[-1].strip()
         )
+        what = (
+            f"an {info.description}"
+            if info.architecture == ENSEMBLE
+            else f"the {info.architecture} architecture"
+        )
         raise CheckpointError(
-            f"{path}: these weights do not fit the {architecture} architecture ({detail}). "
+            f"{path}: these weights do not fit {what} ({detail}). "
             f"Is this a checkpoint of another model?"
         ) from exc
-    info = ModelInfo.from_metadata(
-        path,
-        meta,
-        architecture=architecture,
-        parameters=sum(p.numel() for p in model.parameters()),
-    )
+    info = replace(info, parameters=sum(p.numel() for p in model.parameters()))
     _check_loaded(path, model, info.mean, info.std)
     # Channels-last weights match the channels-last inputs of ``model.logits_of``: oneDNN
     # then skips converting every convolution's weights on every call.
@@ -569,16 +720,29 @@ def _load_pair(path: Path, pair: _Pair, device: str | torch.device) -> LoadedMod
     return LoadedModel(model, info)
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path | None = None, device: str | torch.device = "cpu", tta: bool = False
+) -> LoadedModel:
     """Load weights (and their JSON metadata, when present) into the right architecture.
 
     ``path`` is a weights file or a run directory; without it, ``paths.find_model`` decides
     (./models/, then the model shipped in the package). A plain seed-style state_dict
-    without metadata loads as ``MNISTCNN`` with the standard MNIST normalisation. Weights and
-    metadata are validated (see the module docstring). Raises ``CheckpointError``.
+    without metadata loads as ``MNISTCNN`` with the standard MNIST normalisation (an
+    ensemble's, with ``members.<i>.`` keys, as an ``Ensemble`` of the architecture its keys
+    show). Weights and metadata are validated (see the module docstring). ``tta`` wraps the
+    network in ``model.ShiftTTA`` (``info.tta`` says so). Raises ``CheckpointError``.
     """
     path = find_model(path).path
-    return _load_pair(path, _read_pair(path), device)
+    loaded = _load_pair(path, _read_pair(path), device)
+    return with_tta(loaded) if tta else loaded
+
+
+def with_tta(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` answering through ``model.ShiftTTA``: its probabilities averaged over the
+    input and its one-pixel shifts (five forward passes per image)."""
+    if loaded.info.tta:
+        return loaded
+    return LoadedModel(ShiftTTA(loaded.model).eval(), replace(loaded.info, tta=True))
 
 
 def find_model(path: str | Path | None) -> paths.Found:
@@ -735,4 +899,121 @@ def promote(source: str | Path, destination: str | Path = paths.LOCAL_MODEL) -> 
         _replace_pair(destination, pair.weights, meta_bytes)
     except OSError as exc:  # atomic.WriteError: one line that names the file
         raise CheckpointError(str(exc)) from exc
+    return destination
+
+
+# --------------------------------------------------------------------------- ensembles
+
+# The manifest's fields that describe the members: the caller's extra metadata cannot
+# change them.
+_ENSEMBLE_FACTS = ("architecture", "ensemble", "parameters", "input")
+
+
+def _member_entry(path: Path, pair: _Pair) -> dict[str, Any]:
+    """What an ensemble's manifest records about one member (its "ensemble.members" item)."""
+    training = pair.metadata.get("training")
+    seed = training.get("seed") if isinstance(training, Mapping) else None
+    return {
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        "run": str(path.parent),  # informational: the model loads without it
+        "weights_sha256": _sha256(pair.weights),
+        "metrics": dict(pair.metadata.get("metrics") or {}),
+    }
+
+
+def build_ensemble(member_paths: Sequence[str | Path]) -> tuple[Ensemble, dict[str, Any]]:
+    """The ``Ensemble`` of the models at ``member_paths`` (weights files or run directories;
+    eval mode, on the CPU) and its manifest: the JSON ``save_ensemble`` writes, without
+    "metrics" (the ensemble's own, which only an evaluation of it gives) and without the
+    weights' hash (``save_model`` adds it).
+
+    Every member loads through ``load_model``'s checks; all must have one architecture and
+    one input normalisation, and none may be an ensemble. The members' "unsure" thresholds
+    are not carried over: they were measured on one network, not on the average. Raises
+    ``CheckpointError``.
+    """
+    if not 1 <= len(member_paths) <= MAX_ENSEMBLE_MEMBERS:
+        raise CheckpointError(
+            f"an ensemble needs 1 to {MAX_ENSEMBLE_MEMBERS} member models, not {len(member_paths)}."
+        )
+    members: list[LoadedModel] = []
+    entries = []
+    for given in member_paths:
+        path = find_model(given).path
+        if path.suffix == TRAINING_STATE_SUFFIX:
+            raise CheckpointError(
+                f"{path}: a training state, not a model: finish the run (train --resume with "
+                f"the same options), then use its {paths.MODEL_FILENAME}."
+            )
+        pair = _read_pair(path)
+        loaded = _load_pair(path, pair, "cpu")
+        first = members[0] if members else loaded
+        if loaded.architecture == ENSEMBLE:
+            raise CheckpointError(
+                f"{path}: an {loaded.info.description} cannot be a member of an ensemble; "
+                f"give the models of its members instead."
+            )
+        if loaded.architecture != first.architecture:
+            raise CheckpointError(
+                f"{path}: a {loaded.architecture} cannot join an ensemble of "
+                f"{first.architecture} ({first.path}): all members must have one architecture."
+            )
+        if (loaded.mean, loaded.std) != (first.mean, first.std):
+            raise CheckpointError(
+                f"{path}: its inputs are normalised with mean {loaded.mean} and std "
+                f"{loaded.std}, those of {first.path} with mean {first.mean} and std "
+                f"{first.std}: all members must share one input normalisation."
+            )
+        members.append(loaded)
+        entries.append(_member_entry(path, pair))
+    first = members[0]
+    ensemble = Ensemble([m.model for m in members]).eval()
+    manifest: dict[str, Any] = {
+        "format_version": 1,
+        "architecture": ENSEMBLE,
+        "parameters": count_parameters(ensemble),
+        "input": dict(first.metadata.get("input") or {"mean": first.mean, "std": first.std}),
+        "classes": list(range(NUM_CLASSES)),
+        "ensemble": {"architecture": first.architecture, "members": entries},
+    }
+    dataset = first.metadata.get("dataset")
+    if dataset is not None and all(m.metadata.get("dataset") == dataset for m in members):
+        manifest["dataset"] = dataset
+    manifest["torch_version"] = torch.__version__
+    manifest["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return ensemble, manifest
+
+
+def save_ensemble(
+    member_paths: Sequence[str | Path],
+    destination: str | Path,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the ensemble of the models at ``member_paths`` as one weights-and-JSON pair at
+    ``destination`` (a ``.pth`` path, or a directory to hold ``mnist_cnn_model.pth``: one
+    that exists, or a path without a suffix); returns the weights' path.
+
+    The weights are the ``Ensemble``'s state_dict and the JSON its manifest
+    (``build_ensemble``) updated with ``extra_metadata``: the ensemble's "metrics" (from
+    evaluating it), or its "unsure" thresholds. ``extra_metadata`` cannot change the facts
+    that describe the members (``_ENSEMBLE_FACTS``: ``ValueError``). The pair is replaced
+    together, as by ``save_model``. Raises ``CheckpointError`` (a member that does not load
+    or does not fit the others, a destination that is one of them, metadata ``load_model``
+    would refuse) and ``atomic.WriteError``.
+    """
+    destination = Path(destination)
+    if destination.is_dir() or not destination.suffix:  # runs/NAME, as find_model reads it
+        destination = destination / paths.MODEL_FILENAME
+    extra = dict(extra_metadata or {})
+    ensemble, manifest = build_ensemble(member_paths)
+    clash = sorted(k for k in _ENSEMBLE_FACTS if k in extra and extra[k] != manifest[k])
+    if clash:
+        raise ValueError(f"extra_metadata cannot change {', '.join(clash)}: the members decide")
+    if destination.exists() and any(
+        destination.resolve() == find_model(m).path.resolve() for m in member_paths
+    ):
+        raise CheckpointError(
+            f"{destination} is one of the ensemble's members: write the ensemble elsewhere."
+        )
+    save_model(ensemble, destination, {**manifest, **extra})
     return destination

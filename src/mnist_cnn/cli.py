@@ -21,6 +21,7 @@ from mnist_cnn import __version__
 
 if TYPE_CHECKING:  # the sub-commands import what they run, so that --help stays fast
     from mnist_cnn.predict import Prediction
+    from mnist_cnn.train import TrainConfig
 
 # Exit statuses: 0 success, 1 the job failed (bad file, failed check), 2 bad usage
 # (argparse's own), 130 interrupted by Ctrl-C (the shell's convention).
@@ -41,7 +42,7 @@ COMMAND_HELP = {
 }
 
 TRAIN_HELP = {
-    "architecture": "network: MNISTCNN (the seed CNN) or FastCNN",
+    "architecture": "network: MNISTCNN (the seed CNN), FastCNN, SprintCNN or BestCNN",
     "epochs": "passes over the training set",
     "batch_size": "images per optimisation step",
     "lr": "learning rate (the peak rate for the onecycle schedule)",
@@ -52,11 +53,16 @@ TRAIN_HELP = {
     "label_smoothing": "cross-entropy label smoothing",
     "strokes": "augmentation also varies stroke weight and edge sharpness",
     "channels_last": "channels-last memory format (faster convolutions on CPU)",
+    "precision": "fp32; bf16: the training forward pass in bfloat16 autocast (AVX512-BF16 and "
+    "AMX on recent Xeon CPUs, tensor cores on GPUs); auto: bf16 where the device has it",
     "val_size": "validation images held out (stratified) from the training set",
     "train_subset": "train on only this many images (0: all)",
     "outlier_weight": "Outlier Exposure: weight of the 'none of the ten' loss on drawn "
     "non-digits (0: off)",
     "seed": "random seed: initialisation, split, shuffling, augmentation, dropout",
+    "split_seed": "seed of the validation split (-1: the run's seed)",
+    "dropout": "dropout rate of the networks that have dropout (MNISTCNN, BestCNN)",
+    "compile": "torch.compile the network (slower for these small networks on CPU: README)",
     "threads": "torch CPU threads (0: one per core)",
     "device": "auto (cuda, then mps, then cpu), cpu, cuda or mps",
     "data_dir": "directory with the four MNIST IDX files, .gz or not (empty: ./data/mnist, else "
@@ -130,7 +136,30 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "--preset",
         choices=sorted(PRESETS),
         default="default",
-        help="a recipe: default (best), seed (the seed's baseline), fast (>=99%% in <30 s)",
+        help="a recipe: default, best (most accurate single network, ~15 min on 2 cores), "
+        "seed (the seed's baseline), fast (>=99%% in <10 s on 2 cores)",
+    )
+    p.add_argument(
+        "--members",
+        type=_at_least(1),
+        default=1,
+        help="train this many networks (seeds SEED, SEED+1, ...) and write their ensemble "
+        "(averaged probabilities); members train side by side when there are cores for it",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_at_least(0),
+        default=0,
+        help="members that train at once, in separate processes (0: one per CPU core, "
+        "one at a time on a GPU)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=_at_least(1),
+        default=1,
+        help="train one model in this many data-parallel processes on this machine (torchrun "
+        "--standalone --nproc-per-node=N; gloo on CPU, nccl on CUDA). For several machines "
+        "run torchrun yourself (README)",
     )
     p.add_argument(
         "--resume",
@@ -173,9 +202,16 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mnist_cnn.checkpoint import CheckpointError, promote
+    from mnist_cnn import distributed
     from mnist_cnn.data import DatasetError
-    from mnist_cnn.train import TrainConfig, TrainingError, config_for, configure_process, train
+    from mnist_cnn.train import (
+        TrainConfig,
+        TrainingError,
+        config_for,
+        configure_process,
+        resolve_device,
+        train,
+    )
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
@@ -183,23 +219,84 @@ def _train(args: argparse.Namespace) -> int:
         config = config_for(args.preset, **overrides)
     except (ValueError, TypeError) as exc:
         return _fail(str(exc))
+    if args.nproc > 1 and args.members > 1:
+        return _fail("--nproc and --members cannot be combined: members train side by side")
+    if args.nproc > 1 and not distributed.launched():
+        try:
+            distributed.launch(
+                args.nproc, ["-m", "mnist_cnn", *distributed.without_option(args.argv, "--nproc")]
+            )
+        except distributed.DistributedError as exc:
+            return _fail(str(exc))
+        return 0
+    if args.members > 1:
+        return _train_ensemble(args, config)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    configure_process(config.threads)
-    print(f"training {config.architecture} ({args.preset} preset) for {config.epochs} epochs")
+    try:
+        rank = distributed.join(resolve_device(config.device).type)
+    except (ValueError, RuntimeError, distributed.DistributedError) as exc:
+        return _fail(str(exc))
+    # Several processes on one machine share its cores (torchrun's default is one thread).
+    configure_process(config.threads or (distributed.threads_per_process() if rank.parallel else 0))
+    if rank.main:
+        processes = f" in {rank.world_size} processes" if rank.parallel else ""
+        print(
+            f"training {config.architecture} ({args.preset} preset) for {config.epochs} "
+            f"epochs{processes}"
+        )
     try:
         # Flushed per line: a log piped to `tee` or a file shows each epoch as it ends.
         result = train(
             config, resume=args.resume, progress=progress, log=lambda line: print(line, flush=True)
         )
     except (DatasetError, TrainingError, ValueError) as exc:
-        return _fail(str(exc))
+        prefix = f"process {rank.rank}: " if rank.parallel else ""
+        return _fail(prefix + str(exc))
+    finally:
+        distributed.leave()
     if result.interrupted:
         return EXIT_INTERRUPTED
+    if not rank.main:
+        return 0  # rank 0 reports and writes
     print(
         f"test accuracy {100 * (result.test_accuracy or 0):.2f}% (loss {result.test_loss:.4f}) "
         f"after {result.seconds:.0f}s of training"
     )
-    outputs = dict(result.outputs)
+    return _after_training(args, config, dict(result.outputs))
+
+
+def _train_ensemble(args: argparse.Namespace, config: TrainConfig) -> int:
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.data import DatasetError
+    from mnist_cnn.ensemble import train_ensemble
+    from mnist_cnn.train import TrainingError, configure_process
+
+    if args.resume:
+        return _fail("--resume continues one run; resume an ensemble's members one by one")
+    configure_process(config.threads)
+    print(
+        f"training an ensemble of {args.members} {config.architecture} ({args.preset} preset), "
+        f"seeds {config.seed} to {config.seed + args.members - 1}"
+    )
+    try:
+        result = train_ensemble(
+            config, args.members, jobs=args.jobs, log=lambda line: print(line, flush=True)
+        )
+    except (DatasetError, TrainingError, CheckpointError, ValueError) as exc:
+        return _fail(str(exc))
+    print(
+        f"ensemble of {args.members}: validation {100 * (result.val_accuracy or 0):.2f}%, test "
+        f"{100 * (result.test_accuracy or 0):.2f}% (loss {result.test_loss:.4f}) after "
+        f"{result.seconds:.0f}s"
+    )
+    return _after_training(args, config, dict(result.outputs))
+
+
+def _after_training(args: argparse.Namespace, config: TrainConfig, outputs: dict[str, Path]) -> int:
+    """The evaluation report beside a finished run's model, and its promotion if asked."""
+    from mnist_cnn.checkpoint import CheckpointError, promote
+    from mnist_cnn.data import DatasetError
+
     try:
         # The run's evaluation report (per class, confusion matrix, mistakes) beside its model.
         outputs.update(_evaluation_report(outputs["model"], config.data_dir, config.reports)[1])
@@ -221,19 +318,22 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluation_report(
-    model: Path, data_dir: str | None, report_dir: str | Path
+    model: Path, data_dir: str | None, report_dir: str | Path, tta: bool = False
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Evaluate ``model`` on the test set and write the report: (report, {what: path}).
-    Raises ``CheckpointError`` and ``DatasetError``."""
+    """Evaluate ``model`` (with test-time augmentation when ``tta``) on the test set and
+    write the report: (report, {what: path}). Raises ``CheckpointError`` and
+    ``DatasetError``."""
     from mnist_cnn import data
     from mnist_cnn.checkpoint import load_model
     from mnist_cnn.evaluate import build_report, evaluate, write_report
 
-    loaded = load_model(model)
+    loaded = load_model(model, tta=tta)
     test = data.load_split("test", data_dir or None)
     result = evaluate(loaded.model, test, loaded.mean, loaded.std)
     report = build_report(result, loaded.path, data.dataset_sha256())
     report["architecture"] = loaded.architecture
+    report["description"] = loaded.info.description  # "ensemble of 5 BestCNN with shift TTA"
+    report["tta"] = loaded.info.tta
     return report, write_report(report, test.images, result, report_dir)
 
 
@@ -276,6 +376,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--data-dir", default=None, help=TRAIN_HELP["data_dir"])
     p.add_argument("--report-dir", default="reports", help="where to write the report and figures")
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument(
         "--threads",
         type=_train_option_type("threads"),
@@ -294,11 +395,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         # A model whose weights or outputs are NaN does not load (CheckpointError): its
         # report would otherwise say 9.8% (every answer "0") without a word of why.
         model = _model_path(args.model)
-        report, paths = _evaluation_report(model, args.data_dir, args.report_dir)
+        report, paths = _evaluation_report(model, args.data_dir, args.report_dir, args.tta)
     except (CheckpointError, DatasetError, OSError) as exc:
         # OSError: atomic.WriteError, "cannot write <file>: <reason>"
         return _fail(str(exc))
-    print(f"model: {model} ({report['architecture']})")
+    print(f"model: {model} ({report['description']})")
     print(
         f"test accuracy {100 * report['accuracy']:.2f}%  loss {report['loss']:.4f}  "
         f"errors {report['errors']}/{report['examples']}  "
@@ -387,6 +488,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         default=d.max_request_bytes / 1024 / 1024,
         help="largest request body accepted, in MB",
     )
+    p.add_argument("--tta", action="store_true", default=d.tta, help=TTA_HELP)
     p.set_defaults(handler=_serve)
 
 
@@ -414,6 +516,7 @@ def _serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             model=_model_path(getattr(args, "model", None)),
             backend=args.backend,
+            tta=args.tta,
             max_request_bytes=int(args.max_request_mb * 1024 * 1024),
             connection_limit=args.max_connections,
             header_timeout_s=args.header_timeout,
@@ -479,6 +582,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="inference backend (onnx needs the onnx extra)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument(
         "--save-inputs",
         metavar="DIR",
@@ -673,9 +777,14 @@ def _predict(args: argparse.Namespace) -> int:
             backend=args.backend,
             threads=args.threads or None,
             max_pixels=args.max_pixels,
+            tta=args.tta,
         )
     except CheckpointError as exc:
         return _fail(str(exc))
+    info = predictor.info
+    if info.description != info.architecture:
+        # "using model runs/x/..." names the file; an ensemble or TTA is worth a word more.
+        print(f"model: {info.description}", file=sys.stderr)
     files = _image_files(args.paths)
     if not files:
         return _fail(f"no image files found in {', '.join(map(_shown, args.paths))}")
@@ -727,11 +836,13 @@ def _predict(args: argparse.Namespace) -> int:
                 _say(_prediction_line(path, prediction))
         results += records
     if args.json:
-        info = predictor.info
         document = {
             "model": {
                 "path": str(info.path),
                 "architecture": info.architecture,
+                "description": info.description,
+                "members": info.members,
+                "tta": info.tta,
                 "backend": info.backend,
                 "test_accuracy": info.test_accuracy,
             },
@@ -760,6 +871,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    p.add_argument("--tta", action="store_true", help=TTA_HELP + ", in the exported graph")
     p.add_argument(
         "--output",
         default=None,
@@ -779,10 +891,13 @@ def _export(args: argparse.Namespace) -> int:
         # Never beside the shipped weights: they live inside the installed package.
         beside = paths.LOCAL_MODEL if model == paths.SHIPPED_MODEL else model
         output = Path(args.output) if args.output else beside.with_suffix(".onnx")
-        result = export_onnx(model, output)
+        result = export_onnx(model, output, tta=args.tta)
     except (CheckpointError, ExportError) as exc:
         return _fail(str(exc))
-    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, dynamic batch axis)")
+    print(
+        f"wrote {result.path} ({result.description}, {result.bytes / 1e6:.1f} MB, dynamic "
+        f"batch axis)"
+    )
     print(
         f"parity with PyTorch on {result.examples} MNIST test digits, batch sizes "
         f"{', '.join(map(str, result.batch_sizes))}: max |delta logit| "
@@ -808,6 +923,7 @@ def _add_gradio_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also open a public *.gradio.live link through Gradio's tunnel (needs internet)",
     )
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.set_defaults(handler=_gradio)
 
 
@@ -821,11 +937,13 @@ def _gradio(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _fail(str(exc))
     try:
-        predictor = Predictor.from_checkpoint(_model_path(getattr(args, "model", None)))
+        predictor = Predictor.from_checkpoint(
+            _model_path(getattr(args, "model", None)), tta=args.tta
+        )
     except (ImportError, CheckpointError) as exc:
         return _fail(str(exc))
     info = predictor.info
-    print(f"model: {info.path} ({info.architecture})")
+    print(f"model: {info.path} ({info.description})")
     try:
         launch(build_interface(predictor), host=args.host, port=args.port, share=args.share)
     except OSError as exc:  # the port is taken, or the address is not this machine's
@@ -834,6 +952,11 @@ def _gradio(args: argparse.Namespace) -> int:
         pass  # Ctrl-C is how a foreground server is stopped
     return 0
 
+
+TTA_HELP = (
+    "test-time augmentation: average each answer over the image and its four one-pixel "
+    "shifts (five times the compute)"
+)
 
 # Every command that reads a model says the same about where it comes from (mnist_cnn.paths).
 MODEL_HELP = (
@@ -912,6 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _command(argv)
     # An unknown command, or none (--help, --version): argparse answers from the names alone.
     args = build_parser(command if command in PARSERS else "").parse_args(argv)
+    args.argv = argv  # `train --nproc N` hands its own command line to torchrun
     try:
         return args.handler(args)
     except KeyboardInterrupt:

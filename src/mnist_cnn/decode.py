@@ -314,6 +314,10 @@ _ORIENT = {
 }
 
 
+# The EXIF orientations that ImageOps.exif_transpose turns or flips (1 is upright).
+_TURNED = frozenset(range(2, 9))
+
+
 def _orientation(img: Image.Image) -> int:
     try:
         value = img.getexif().get(ExifTags.Base.Orientation, 1)
@@ -391,7 +395,10 @@ def _decode(img: Image.Image, max_pixels: int, max_side: int | None, owned: bool
         scale = img.width / full_width  # before the EXIF turn, which may swap the sides
         # Turn our own decoded image in place; never a caller's.
         if owned:
-            ImageOps.exif_transpose(img, in_place=True)
+            # Most images are upright: the orientation is read first, as exif_transpose reads
+            # it, because exif_transpose builds its table of turns on every call.
+            if img.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:
+                ImageOps.exif_transpose(img, in_place=True)
         else:
             img = ImageOps.exif_transpose(img)
         return Decoded(_pil_to_gray(img), scale)

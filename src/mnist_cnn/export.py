@@ -5,7 +5,9 @@ exports it with PyTorch's ONNX exporter, runs the result with ONNX Runtime next 
 on real MNIST test digits at several batch sizes, and writes the file (atomically) only
 when the two agree: same argmax everywhere and max |delta logit| below ``PARITY_TOLERANCE``.
 The input normalisation and the architecture travel inside the file as ONNX metadata, so
-``Predictor.from_checkpoint("model.onnx", backend="onnx")`` needs nothing else.
+``Predictor.from_checkpoint("model.onnx", backend="onnx")`` needs nothing else. An ensemble
+exports as one graph (its members' averaged probabilities), and so does a model with
+test-time augmentation (``tta=True``: the shifts are in the graph); the metadata says so.
 
 ONNX, onnxscript and ONNX Runtime are the optional ``onnx`` extra:
 ``pip install "mnist-cnn[onnx]"``.
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from mnist_cnn import atomic
-from mnist_cnn.checkpoint import CheckpointError, LoadedModel, file_sha256, load_model
+from mnist_cnn.checkpoint import ENSEMBLE, CheckpointError, LoadedModel, file_sha256, load_model
 from mnist_cnn.extras import install_hint
 from mnist_cnn.model import INPUT_SIZE, logits_of
 
@@ -53,19 +55,27 @@ def _require(module: str) -> Any:
 def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
     """What a consumer of the ONNX file needs to know, as ONNX metadata_props (strings)."""
     accuracy = loaded.metadata.get("metrics", {}).get("test_accuracy")
+    info = loaded.info
+    averaged = info.architecture == ENSEMBLE or info.tta
     meta = {
         "architecture": loaded.architecture,
         "mean": repr(loaded.mean),
         "std": repr(loaded.std),
         "input": "float32 (N, 1, 28, 28): white digit on black, 20x20 box centred by mass, "
         "then (x / 255 - mean) / std",
-        "output": "float32 (N, 10) logits",
+        "output": "float32 (N, 10) log of the averaged probabilities (softmax gives them)"
+        if averaged
+        else "float32 (N, 10) logits",
+        "tta": "true" if info.tta else "false",
         "parameters": str(sum(p.numel() for p in loaded.model.parameters())),
         # The hash of the weights that were loaded: load_model checked that the JSON's
         # weights_sha256 is theirs (the file may be replaced since).
         "source_weights_sha256": loaded.metadata.get("weights_sha256")
         or (file_sha256(loaded.path) if loaded.path.is_file() else ""),
     }
+    if info.architecture == ENSEMBLE:
+        meta["members"] = str(info.members)
+        meta["member_architecture"] = info.member_architecture or ""
     if accuracy is not None:
         meta["test_accuracy"] = str(accuracy)
     return meta
@@ -163,6 +173,7 @@ class ExportResult:
     argmax_agree: bool
     batch_sizes: tuple[int, ...]
     examples: int
+    description: str = ""  # what the graph computes: ModelInfo.description
 
 
 def parity(
@@ -199,14 +210,17 @@ def export_onnx(
     batch_sizes: tuple[int, ...] = (1, 7, 64, 512),
     tolerance: float = PARITY_TOLERANCE,
     inputs: torch.Tensor | None = None,
+    tta: bool = False,
 ) -> ExportResult:
-    """Export a checkpoint to ONNX at ``output`` after checking parity with PyTorch.
+    """Export a checkpoint (a single network's or an ensemble's) to ONNX at ``output`` after
+    checking parity with PyTorch; ``tta`` exports the graph with test-time augmentation
+    (``checkpoint.load_model(tta=True)``).
 
     Raises ``CheckpointError`` (unreadable weights) and ``ExportError`` (missing packages,
     exporter failure, or parity outside ``tolerance``: nothing is written then; or a write
     that fails, with a message naming the file).
     """
-    loaded = load_model(weights)
+    loaded = load_model(weights, tta=tta)
     model_bytes = onnx_bytes(loaded.model, onnx_metadata(loaded))
     inputs = parity_inputs() if inputs is None else inputs
     worst, agree = parity(loaded.model, model_bytes, inputs, batch_sizes)
@@ -227,4 +241,5 @@ def export_onnx(
         argmax_agree=agree,
         batch_sizes=tuple(batch_sizes),
         examples=len(inputs),
+        description=loaded.info.description,
     )

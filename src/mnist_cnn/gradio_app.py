@@ -194,7 +194,7 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
 
     info = predictor.info
     accuracy = info.test_accuracy
-    about = f"Model: {info.architecture}" + (
+    about = f"Model: {info.description}" + (
         f", {100 * accuracy:.2f}% on the MNIST test set" if accuracy else ""
     )
     with gr.Blocks(title=title, analytics_enabled=False) as demo:

@@ -28,14 +28,20 @@ way, with OpenCV doing the image processing:
    thicker than MNIST's brought into its range, the longest side fitted into 20 pixels and
    the centre of mass placed at MNIST's centre of the 28x28 field.
 
-Everything is a pure function of NumPy arrays. One 640x480 photo takes about 0.8 ms on one
-thread. The shortcuts that make it so (work confined to the ink's bounding box, NumPy's
-median without its overhead) give exactly the plain computation's results; the tests at the
-end of tests/test_locate.py check that they do.
+Everything is a pure function of NumPy arrays. One 640x480 photo takes about 0.75 ms on one
+thread when repeated (more within a request, where decoding and the network have evicted
+its code and data from the CPU's caches). Most of it is a hundred-odd small NumPy
+and OpenCV calls, each costing a microsecond or more whatever its size, so the shortcuts
+cut calls: work confined to the ink's bounding box, NumPy's median without its overhead,
+one OpenCV pass where NumPy would make two or three, structuring elements made once, and
+the few pieces of ink of most images compared on Python lists. They give exactly the plain
+computation's results; tests/test_locate_shortcuts.py and the tests at the end of
+tests/test_locate.py check that they do.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -87,6 +93,12 @@ STRONG_INK = 0.5
 SHADE_LEVEL = 0.75
 SHADE_RADIUS = 0.6  # the opening disk, in stroke widths
 SHADE_SPREAD = 0.5  # shade is flat: its interquartile range is below this share of its level
+# Up to this many pieces of ink, ``_keep_digit`` decides on Python lists rather than NumPy
+# arrays (each NumPy call costs about a microsecond whatever its size; a Python comparison
+# a tenth of that per piece).
+FEW_PIECES = 16
+# The most labels OpenCV's 16-bit labelling can hold (``np.iinfo`` costs microseconds a call).
+_U16_MAX = 65535
 # Hough segments examined for families of lines, the longest first.
 MAX_SEGMENTS = 40
 # Ink at least this thick (analysed pixels) across a line is a stroke, not the line.
@@ -130,6 +142,13 @@ def _resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
     shrinking = height <= a.shape[0] and width <= a.shape[1]
     method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(a, (width, height), interpolation=method)
+
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    """``np.round(a * 255).astype(np.uint8)`` of a float32 array with values in [0, 1], in
+    one OpenCV pass instead of three NumPy ones: the same float32 product, rounded half to
+    even as ``np.round`` rounds (tests/test_locate_shortcuts.py)."""
+    return cv2.convertScaleAbs(a, alpha=255.0)
 
 
 def stroke_width(image: np.ndarray, threshold: float = 0.5) -> float:
@@ -181,8 +200,22 @@ def _enlarged(a: np.ndarray, height: int, width: int, rows: slice, cols: slice) 
     return part[rows.start - 2 * r0 : rows.stop - 2 * r0, cols.start - 2 * c0 : cols.stop - 2 * c0]
 
 
+@functools.lru_cache(maxsize=64)
 def _disk(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    """A disk-shaped structuring element, made once per radius (a few are used per image,
+    each asked for several times); read-only, as it is shared."""
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    disk.flags.writeable = False
+    return disk
+
+
+@functools.lru_cache(maxsize=64)
+def _square(side: int) -> np.ndarray:
+    """A ``side`` x ``side`` square structuring element (OpenCV runs it as two 1-D passes),
+    made once per size; read-only, as it is shared."""
+    square = np.ones((side, side), np.uint8)
+    square.flags.writeable = False
+    return square
 
 
 # The images analysed here are small (some 20,000 pixels at most), so NumPy's general
@@ -266,12 +299,13 @@ def _find_sheet(small: np.ndarray) -> np.ndarray | None:
     smooth = cv2.morphologyEx(
         median,
         cv2.MORPH_OPEN,
-        cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)),
+        _square(side),
     )
     level, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    dark = bright == 0
-    if not 0.05 <= np.count_nonzero(dark) / dark.size <= 0.85:
+    # Most images stop at this first test: the dark share is counted before any mask is made.
+    if not 0.05 <= (bright.size - cv2.countNonZero(bright)) / bright.size <= 0.85:
         return None
+    dark = bright == 0
     if np.bincount(small[dark]).max() > 0.5 * np.count_nonzero(dark):
         return None  # a flat surround (one gray level) is a drawing's background, no desk
     light_mean, dark_mean = float(smooth[~dark].mean()), float(smooth[dark].mean())
@@ -343,12 +377,14 @@ def _dark_ink_local(small: np.ndarray, window: int) -> bool:
     median = cv2.resize(
         cv2.medianBlur(half, _odd(window / 2)), (w, h), interpolation=cv2.INTER_NEAREST
     )
-    residual = small.astype(np.int16) - median.astype(np.int16)
+    residual = cv2.subtract(small, median, dtype=cv2.CV_16S)  # one pass, in 16 bits
     diffs = cv2.absdiff(residual[:, 1:], residual[:, :-1]).ravel()
     sigma = 1.4826 * _median(diffs) / math.sqrt(2.0)
     strong = max(4.0 * sigma, 0.08 * 255)
-    dark = float(-residual[residual < -strong].sum())
-    light = float(residual[residual > strong].sum())
+    # Integer residuals against integer bounds (r < -s is r < ceil(-s), r > s is r > floor(s)):
+    # compared with the float itself, NumPy would convert every residual to float64.
+    dark = float(-residual[residual < math.ceil(-strong)].sum())
+    light = float(residual[residual > math.floor(strong)].sum())
     if dark or light:
         return dark >= light
     return _dark_ink_border(small)  # nothing stands out anywhere
@@ -383,7 +419,9 @@ class _Ink:
             # Relative darkening: ink in a shadow is as dark, relative to the paper around it,
             # as ink in the light.
             r = background - gray
-            r /= np.maximum(background, 0.05)
+            # (OpenCV's maximum with a number is twice as fast as NumPy's. It differs only
+            # where the background is NaN, and there the numerator is NaN already.)
+            r /= cv2.max(background, 0.05)
             return r
         return gray - background
 
@@ -400,11 +438,14 @@ class _Ink:
 def _background(smooth: np.ndarray, small: np.ndarray, dark: bool, window: int) -> np.ndarray:
     """The background under the strokes: a closing for dark ink (an opening for light ink)
     with a square ``window``, never on the ink's side of the image itself."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (window, window))
     op = cv2.MORPH_CLOSE if dark else cv2.MORPH_OPEN
-    background = cv2.morphologyEx(smooth, op, kernel).astype(np.float32)
-    background /= 255.0
+    # To float in [0, 1] with a table: one pass instead of a conversion and a division.
+    background = cv2.LUT(cv2.morphologyEx(smooth, op, _square(window)), _LEVELS)
     return (np.maximum if dark else np.minimum)(background, small, out=background)
+
+
+# The float32 values of the 256 gray levels, v / 255 as NumPy divides (``_background``).
+_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
 def _stroke_width(mask: np.ndarray) -> float:
@@ -412,14 +453,19 @@ def _stroke_width(mask: np.ndarray) -> float:
     distance transform along its ridges (the strokes' centre lines)."""
     # Only the mask's bounding rectangle with a ring of background around it: the distance
     # to the nearest background pixel is the same there as in the whole image.
-    box = _crop_box(mask, margin=1)
-    if mask[box].all():
+    crop = mask[_crop_box(mask, margin=1)]
+    return _ridge_width(crop.view(np.uint8) if crop.dtype == bool else crop.astype(np.uint8))
+
+
+def _ridge_width(crop: np.ndarray) -> float:
+    """``_stroke_width`` of the mask's (uint8 0/1) crop with its ring of background."""
+    if crop.all():
         # No background anywhere (ink that fills the image, as a fine dither's closes up):
         # OpenCV gives every pixel FLT_MAX, whose median overflows (to inf, or to a finite
         # 6.8e38 that a disk of that radius cannot be made of). The width is infinite.
         return math.inf
-    dt = cv2.distanceTransform(mask[box].astype(np.uint8), cv2.DIST_L2, 3)
-    ridge = (dt > 0) & (dt >= cv2.dilate(dt, np.ones((3, 3), np.uint8)))
+    dt = cv2.distanceTransform(crop, cv2.DIST_L2, 3)
+    ridge = (dt > 0) & (dt >= cv2.dilate(dt, _square(3)))
     return 2.0 * _median(dt[ridge]) if ridge.any() else 0.0
 
 
@@ -434,12 +480,32 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, tuple[sl
     pixels).
     """
     box = _crop_box(mask)
-    part = mask[box].astype(np.uint8)
-    ltype = cv2.CV_16U if part.size <= np.iinfo(np.uint16).max else cv2.CV_32S
+    part = mask[box]  # OpenCV reads the rows of a view in place: no copy for masks of bytes
+    part = part.view(np.uint8) if part.dtype in (np.bool_, np.uint8) else part.astype(np.uint8)
+    ltype = cv2.CV_16U if part.size <= _U16_MAX else cv2.CV_32S
     n, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8, ltype=ltype)
     stats[:, cv2.CC_STAT_LEFT] += box[1].start
     stats[:, cv2.CC_STAT_TOP] += box[0].start
     return n, labels, stats, box
+
+
+def _largest_inner_index(stats: np.ndarray, h: int, w: int) -> int | None:
+    """Which piece (0 for the first after the background) of a labelling's ``stats`` in an
+    h x w image is the largest that does not touch the image's edge (the first of equals);
+    None when every piece touches it. A handful of pieces is compared on Python lists, as in
+    ``_keep_digit``; noise's hundreds with NumPy."""
+    if len(stats) - 1 <= FEW_PIECES:
+        best, best_area = None, 0
+        for i, (x, y, pw, ph, area) in enumerate(stats[1:].tolist()):
+            if x > 0 and y > 0 and x + pw < w and y + ph < h and area > best_area:
+                best, best_area = i, area
+        return best
+    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
+    inner = (x0 > 0) & (y0 > 0) & (x1 < w) & (y1 < h)
+    if not inner.any():
+        return None
+    return int(np.argmax(np.where(inner, stats[1:, cv2.CC_STAT_AREA], 0)))
 
 
 def _largest_inner(mask: np.ndarray) -> np.ndarray:
@@ -447,15 +513,37 @@ def _largest_inner(mask: np.ndarray) -> np.ndarray:
     whole mask when every piece does): the digit, most likely, rather than a desk's grain."""
     _, labels, stats, box = _components(mask)
     h, w = mask.shape
-    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
-    x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
-    inner = (x0 > 0) & (y0 > 0) & (x1 < w) & (y1 < h)
-    if not inner.any():
+    i = _largest_inner_index(stats, h, w)
+    if i is None:
         return mask
-    areas = np.where(inner, stats[1:, cv2.CC_STAT_AREA], 0)
     piece = np.zeros((h, w), dtype=bool)
-    piece[box] = labels == 1 + int(np.argmax(areas))
+    piece[box] = labels == 1 + i
     return piece
+
+
+def _inner_stroke_width(mask: np.ndarray) -> float:
+    """``_stroke_width(_largest_inner(mask))``, without a whole-image copy of the piece: its
+    bounding rectangle is known from the labelling, so the crop that ``_stroke_width`` would
+    cut around it (``_crop_box`` with a margin of 1) is cut from the labels directly."""
+    _, labels, stats, box = _components(mask)
+    h, w = mask.shape
+    i = _largest_inner_index(stats, h, w)
+    if i is None:
+        return _stroke_width(mask)
+    # ``_crop_box`` of the piece, from its rectangle (which the image's edge does not touch).
+    px0, py0, pw, ph = stats[i + 1, :4].tolist()
+    r0, r1 = (py0 - 1) // 2 * 2, min(h, py0 + ph + 1)
+    c0, c1 = (px0 - 1) // 16 * 16, min(w, -(-(px0 + pw + 1) // 16) * 16)
+    crop = np.zeros((r1 - r0, c1 - c0), np.uint8)
+    # The piece lies where the crop and the labelled rectangle overlap.
+    a0, a1 = max(r0, box[0].start), min(r1, box[0].stop)
+    b0, b1 = max(c0, box[1].start), min(c1, box[1].stop)
+    np.equal(
+        labels[a0 - box[0].start : a1 - box[0].start, b0 - box[1].start : b1 - box[1].start],
+        i + 1,
+        out=crop[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0].view(bool),
+    )
+    return _ridge_width(crop)
 
 
 def _measure_ink(
@@ -473,7 +561,7 @@ def _measure_ink(
     # (the tip of a shadow, a streak of wood grain, a fold) joins the background instead of
     # passing for ink; a window as wide as the whole digit would keep all of that.
     strong = r > 0.7 * _percentile(r.ravel(), 99.5)
-    width = _stroke_width(_largest_inner(strong))
+    width = _inner_stroke_width(strong)
     # Ink with no background anywhere has an infinite "width": no tighter window then.
     tight = _odd(max(3.0, 4.0 * width + 1)) if math.isfinite(width) else window
     if width > 0 and tight < window:
@@ -482,7 +570,7 @@ def _measure_ink(
     r = ink.response(small, background)
     # Noise from differences of horizontal neighbours (immune to the slow variations that
     # are left), as a robust standard deviation.
-    diffs = np.abs(r[:, 1:] - r[:, :-1]).ravel()
+    diffs = cv2.absdiff(r[:, 1:], r[:, :-1]).ravel()  # |a - b|, in one pass
     sigma = 1.4826 * _median(diffs) / math.sqrt(2.0)
     standing_out = r > max(5.0 * sigma, 0.5 * MIN_CONTRAST)
     if np.count_nonzero(standing_out) < 4:
@@ -518,13 +606,16 @@ def _lift_shade(ink: np.ndarray) -> np.ndarray:
     # grainy pencil closed (measured on the specks alone, whole pencil strokes would pass
     # for areas; measured on all the ink, a band of shade would widen the strokes).
     strong = cv2.morphologyEx((sub > STRONG_INK).view(np.uint8), cv2.MORPH_CLOSE, _disk(1))
-    width = _stroke_width(_largest_inner(strong.view(bool))) if strong.any() else 0.0
+    width = _inner_stroke_width(strong.view(bool)) if strong.any() else 0.0
     if not 0 < width < math.inf:
         return ink
     areas = cv2.morphologyEx(weak, cv2.MORPH_OPEN, _disk(max(1, math.ceil(SHADE_RADIUS * width))))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(areas, connectivity=8)
-    if n < 2:
+    # Most writing leaves no area at all: then there is nothing to label. (16-bit labels, as
+    # in ``_components``: the statistics cost a third.)
+    if not cv2.countNonZero(areas):
         return ink
+    ltype = cv2.CV_16U if areas.size <= _U16_MAX else cv2.CV_32S
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(areas, connectivity=8, ltype=ltype)
     shade = []
     for i in range(1, n):
         x, y, w, h, area = stats[i]
@@ -584,8 +675,9 @@ def _ink_on_sheet(ink: np.ndarray, sheet: np.ndarray) -> bool:
 
 def _remove_lines(
     mask: np.ndarray, faint: np.ndarray, sheet: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(the mask without long straight lines, the mask of what was removed).
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the mask without long straight lines, the mask of what was removed, or None when
+    nothing was: most pages have no lines, and an empty mask would cost a full pass).
 
     A line to remove spans most of the page (``LINE_SPAN`` of the sheet's or the image's
     extent in its direction) and belongs to a family of parallel lines, or stands across
@@ -601,8 +693,10 @@ def _remove_lines(
     # Printed lines are thin: the transform looks only at ink that a 3x3 opening removes,
     # which leaves out the bulk of thick strokes (a marker, a drawing pad) and most of the
     # transform's work with them.
-    faint_u8 = faint.astype(np.uint8)
-    thin = faint_u8 & (cv2.morphologyEx(faint_u8, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) == 0)
+    # (A view, not a copy. The opening is within the mask, so "in the mask and not in its
+    # opening" is one subtraction.)
+    faint_u8 = faint.view(np.uint8)
+    thin = cv2.subtract(faint_u8, cv2.morphologyEx(faint_u8, cv2.MORPH_OPEN, _square(3)))
     segments = cv2.HoughLinesP(
         thin,
         1,
@@ -612,7 +706,7 @@ def _remove_lines(
         maxLineGap=max(2, int(0.05 * max(h, w))),
     )
     if segments is None:
-        return mask, np.zeros_like(mask)
+        return mask, None
     # The longest few are enough to recognise families (the pairing below is quadratic,
     # and the thick strokes of a drawing give many short segments).
     found = segments.reshape(-1, 4)
@@ -658,7 +752,7 @@ def _remove_lines(
         and any(parallel(angles[i] + math.pi / 2, angles[j], math.radians(6)) for j in ruled)
     ]
     if not ruled and not margins:
-        return mask, np.zeros_like(mask)
+        return mask, None
     # The lines' pixels: those on a long straight run of ink in a line's direction (an
     # opening with a line-shaped kernel), unless the ink is also thick across the line
     # there (an opening with a short kernel across it): a stroke crossing a line, or
@@ -711,7 +805,7 @@ def _keep_digit(
     Gaps of a pixel or two (a pen skipping on the paper) join too.
     """
     h, w = ink.shape
-    joined = cv2.dilate(weak.astype(np.uint8), _disk(1))
+    joined = cv2.dilate(weak.view(np.uint8), _disk(1))  # (views, not copies, for OpenCV)
     # Everything below runs on the bounding rectangle of the joined ink (``_components``):
     # except at the image's edge, a ring of pixels without weak ink lines it, so the
     # distance transform of the weak ink is the same there as on the whole image too.
@@ -729,35 +823,67 @@ def _keep_digit(
     if n < 2 or not has_strong[1:].any():
         raise NoDigitError("no digit found: only faint marks")
     # Sensor noise makes hundreds of tiny pieces: everything below is vectorised over them,
-    # and the Python loops further down see only the few that could matter.
-    x0 = stats[1:, cv2.CC_STAT_LEFT]
-    y0 = stats[1:, cv2.CC_STAT_TOP]
-    x1 = x0 + stats[1:, cv2.CC_STAT_WIDTH] - 1
-    y1 = y0 + stats[1:, cv2.CC_STAT_HEIGHT] - 1
-    sides = (y0 == 0).astype(int) + (y1 == h - 1) + (x0 == 0) + (x1 == w - 1)
-    touches = (sides > 0).tolist()
-    area = stats[1:, cv2.CC_STAT_AREA]
+    # and the Python loops further down see only the few that could matter. Most images
+    # have a handful of pieces, though, for which each NumPy call costs more than the work
+    # it does: up to FEW_PIECES, the same decisions are taken on Python lists (in the same
+    # float64 arithmetic, so they are the same decisions).
+    few = n - 1 <= FEW_PIECES
+    if few:
+        rows = stats[1:].tolist()  # [left, top, width, height, area] of each piece
+        x0, y0 = [r[0] for r in rows], [r[1] for r in rows]
+        x1 = [r[0] + r[2] - 1 for r in rows]
+        y1 = [r[1] + r[3] - 1 for r in rows]
+        area = [r[4] for r in rows]
+        sides = [
+            (b == 0) + (d == h - 1) + (a == 0) + (c == w - 1)
+            for a, b, c, d in zip(x0, y0, x1, y1, strict=True)
+        ]
+        touches = [k > 0 for k in sides]
+    else:
+        x0 = stats[1:, cv2.CC_STAT_LEFT]
+        y0 = stats[1:, cv2.CC_STAT_TOP]
+        x1 = x0 + stats[1:, cv2.CC_STAT_WIDTH] - 1
+        y1 = y0 + stats[1:, cv2.CC_STAT_HEIGHT] - 1
+        sides = (y0 == 0).astype(int) + (y1 == h - 1) + (x0 == 0) + (x1 == w - 1)
+        touches = (sides > 0).tolist()
+        area = stats[1:, cv2.CC_STAT_AREA]
     if sheet is not None:
         # Marks off the sheet (slivers of desk, its grain, a pen beside the sheet) are not
         # the digit, whatever their size; a digit may run into a shadow that looks like desk.
         on_sheet = np.bincount(piece, weights=sheet[box].ravel()[at], minlength=n)[1:]
-        off = on_sheet < 0.2 * area
+        if few:
+            off = [o < 0.2 * a for o, a in zip(on_sheet.tolist(), area, strict=True)]
+        else:
+            off = on_sheet < 0.2 * area
     else:
-        off = np.zeros(n - 1, dtype=bool)
+        off = [False] * (n - 1) if few else np.zeros(n - 1, dtype=bool)
     # A solid piece against two edges of the image, or across it, is the edge of a shadow
     # or of the page (a lit corner, a darker band), never a digit.
-    at_dt = cv2.distanceTransform(weak.astype(np.uint8), cv2.DIST_L2, 3).ravel()[at]
+    at_dt = cv2.distanceTransform(weak.view(np.uint8), cv2.DIST_L2, 3).ravel()[at]
     deep = np.bincount(piece, weights=at_dt >= 3, minlength=n)[1:]
-    fill = area / (stats[1:, cv2.CC_STAT_WIDTH] * stats[1:, cv2.CC_STAT_HEIGHT])
-    edge_of_light = (sides >= 2) & (fill >= 0.4) & (deep >= 0.5 * area)
     # Where a person would look: the biggest piece on the sheet, preferring pieces that are
     # whole (not cut by the image's edge: a neighbour in a crop of a number, the edge of a
     # page) when one of comparable mass exists.
-    ranked = np.argsort(-masses, kind="stable")
-    ranked = ranked[(has_strong[1:] & ~edge_of_light)[ranked]]
-    if not ranked.size:
-        raise NoDigitError("no digit found: only the edge of a shadow or of the page")
-    on = ranked[~off[ranked]].tolist() or ranked.tolist()
+    if few:
+        edge_of_light = [
+            k >= 2 and r[4] / (r[2] * r[3]) >= 0.4 and d >= 0.5 * r[4]
+            for k, r, d in zip(sides, rows, deep.tolist(), strict=True)
+        ]
+        weights = masses.tolist()
+        # (A stable sort by decreasing mass, as the stable argsort of the negated masses.)
+        order = sorted(range(n - 1), key=weights.__getitem__, reverse=True)
+        ranked_list = [i for i in order if strong[i] and not edge_of_light[i]]
+        if not ranked_list:
+            raise NoDigitError("no digit found: only the edge of a shadow or of the page")
+        on = [i for i in ranked_list if not off[i]] or ranked_list
+    else:
+        fill = area / (stats[1:, cv2.CC_STAT_WIDTH] * stats[1:, cv2.CC_STAT_HEIGHT])
+        edge_of_light = (sides >= 2) & (fill >= 0.4) & (deep >= 0.5 * area)
+        ranked = np.argsort(-masses, kind="stable")
+        ranked = ranked[(has_strong[1:] & ~edge_of_light)[ranked]]
+        if not ranked.size:
+            raise NoDigitError("no digit found: only the edge of a shadow or of the page")
+        on = ranked[~off[ranked]].tolist() or ranked.tolist()
     main = on[0]
     whole = [i for i in on if not touches[i]]
     if whole and touches[main] and masses[whole[0]] >= 0.2 * masses[main]:
@@ -767,13 +893,24 @@ def _keep_digit(
     main_dt = at_dt[piece == main + 1]
     half_width = _median(main_dt[main_dt >= _percentile(main_dt, 50)])
     thick = np.bincount(piece, weights=at_dt > 2.0 * half_width + 1.5, minlength=n)[1:]
-    stroke_like = thick <= 0.1 * area
     # Only pieces that could join at all (1% of the main piece's mass, on the sheet, stroke
     # like): sensor noise makes hundreds of tiny pieces, and the growth below is quadratic.
-    candidates = np.flatnonzero((masses >= 0.01 * masses[main]) & ~off & stroke_like).tolist()
     # Python floats and ints for the loop (NumPy scalars are slow to index and compare).
-    boxes = {i: (int(y0[i]), int(y1[i]), int(x0[i]), int(x1[i])) for i in [main, *candidates]}
-    masses = masses.tolist()
+    if few:
+        floor = 0.01 * weights[main]
+        candidates = [
+            i
+            for i, (m, t) in enumerate(zip(weights, thick.tolist(), strict=True))
+            if m >= floor and not off[i] and t <= 0.1 * area[i]
+        ]
+        boxes = {i: (y0[i], y1[i], x0[i], x1[i]) for i in [main, *candidates]}
+        masses = weights
+    else:
+        stroke_like = thick <= 0.1 * area
+        candidates = np.flatnonzero((masses >= 0.01 * masses[main]) & ~off & stroke_like)
+        candidates = candidates.tolist()
+        boxes = {i: (int(y0[i]), int(y1[i]), int(x0[i]), int(x1[i])) for i in [main, *candidates]}
+        masses = masses.tolist()
     chosen = {main}
     by0, by1, bx0, bx1 = boxes[main]
     grew = True
@@ -824,11 +961,16 @@ def _keep_digit(
         if left > right:
             marks += 1
         right = max(right, end)
-    lut = np.zeros(n, dtype=bool)
-    lut[[i + 1 for i in chosen]] = True
-    labels[~weak] = 0  # the pieces are the weak ink itself; the dilation only grouped them
     kept = np.zeros((h, w), dtype=bool)
-    kept[box] = lut[labels]
+    inside = kept[box]  # a view: written in place
+    if len(chosen) == 1:
+        # One piece, as most digits are: a comparison instead of a look-up of every label.
+        np.equal(labels, main + 1, out=inside)
+    else:
+        lut = np.zeros(n, dtype=bool)
+        lut[[i + 1 for i in chosen]] = True
+        inside[...] = lut[labels]
+    inside &= weak  # the pieces are the weak ink itself; the dilation only grouped them
     return kept, marks
 
 
@@ -926,7 +1068,9 @@ def locate(gray: np.ndarray) -> Located:
     small = _resize(gray, max(1, h // f), max(1, w // f)) if f > 1 else gray
     sh, sw = small.shape
     window = _odd(BACKGROUND_WINDOW * min(sh, sw))
-    u8 = np.round(small * 255).astype(np.uint8)
+    # (Values outside [0, 1], which no decoded image holds, keep NumPy's conversion.)
+    in_range = lowest >= 0.0 and highest <= 1.0
+    u8 = _to_u8(small) if in_range else np.round(small * 255).astype(np.uint8)
     sheet = _find_sheet(u8) if f > 1 else None
     levels, response = _measure_ink(small, u8, sheet, window)
     ink_small = levels.scale(response)
@@ -939,10 +1083,9 @@ def locate(gray: np.ndarray) -> Located:
     if levels.dark_ink and f > 1:
         ink_small = _lift_shade(ink_small)
     weak = ink_small > WEAK_INK
-    if f > 1:  # a tight crop (an MNIST digit) has no ruled paper to remove
+    lines = None  # a tight crop (an MNIST digit) has no ruled paper to remove
+    if f > 1:
         weak, lines = _remove_lines(weak, ink_small > FAINT_INK, sheet)
-    else:
-        lines = np.zeros_like(weak)
     keep, marks = _keep_digit(ink_small, weak, sheet)
     # Bounding rectangles come from OpenCV: np.nonzero lists every pixel only for the
     # extremes to be taken.
@@ -950,8 +1093,9 @@ def locate(gray: np.ndarray) -> Located:
     if max(kw, kh) < max(MIN_EXTENT_PX, MIN_EXTENT * max(sh, sw)):
         raise NoDigitError("no digit found: the only marks are too small to be a digit")
     # The faint anti-aliased rim of each stroke belongs to it; the lines do not.
-    kept = cv2.dilate(keep.view(np.uint8), np.ones((3, 3), np.uint8))
-    kept[lines] = 0
+    kept = cv2.dilate(keep.view(np.uint8), _square(3))
+    if lines is not None:
+        kept[lines] = 0
     kx, ky, kw, kh = cv2.boundingRect(kept)
     # The box at full working resolution, one analysed pixel wider on each side.
     r0, r1 = max(0, (ky - 1) * f), min(h, (ky + kh + 1) * f)
@@ -967,14 +1111,14 @@ def locate(gray: np.ndarray) -> Located:
     x, y, iw, ih = cv2.boundingRect((ink > 0.05).view(np.uint8))
     if iw == 0:
         raise NoDigitError("no digit found: the image is blank")
-    field = frame(ink)
+    field = _place(_fit_box(ink[y : y + ih, x : x + iw]))  # ``frame``, its rectangle known
     box = (
         int((c0 + x) / scale),
         int((r0 + y) / scale),
         min(w0, math.ceil((c0 + x + iw) / scale)),
         min(h0, math.ceil((r0 + y + ih) / scale)),
     )
-    return Located(np.round(field * 255.0).astype(np.uint8), box, marks, levels.dark_ink)
+    return Located(_to_u8(field), box, marks, levels.dark_ink)
 
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:

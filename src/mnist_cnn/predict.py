@@ -9,7 +9,9 @@ bad checkpoint is a ``CheckpointError`` and a pickle that would run code is refu
 preprocessing (``mnist_cnn.preprocess``) uses the normalisation saved with the checkpoint.
 Two backends run the network: PyTorch (``backend="torch"``) and ONNX Runtime
 (``backend="onnx"``, the optional ``onnx`` extra), from a ``.onnx`` file written by
-``mnist-cnn export`` or exported in memory from the weights.
+``mnist-cnn export`` or exported in memory from the weights. An ensemble's checkpoint loads
+like any other, and ``tta=True`` averages each answer over one-pixel shifts of the input
+(``model.ShiftTTA``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 import torch
 
 from mnist_cnn.checkpoint import (
+    ENSEMBLE,
+    MAX_ENSEMBLE_MEMBERS,
     CheckpointError,
     ModelInfo,
     check_outputs,
@@ -127,31 +131,33 @@ class Predictor:
         backend: str = "torch",
         threads: int | None = None,
         max_pixels: int = MAX_PIXELS,
+        tta: bool = False,
     ) -> Predictor:
         """Load a checkpoint for inference (default: ``paths.find_model``'s choice: the
         working directory's models/, else the model shipped in the package).
 
-        ``path`` is a ``.pth`` state_dict (its ``.json`` metadata beside it), a training
-        run's directory or, with ``backend="onnx"``, also a ``.onnx`` file from ``mnist-cnn
-        export``. ``threads`` are ONNX Runtime's, per session; PyTorch's and OpenCV's thread
-        pools are process-wide, so the command that owns the process sets them. Raises
-        ``CheckpointError``, and ``ValueError`` for an unknown backend.
+        ``path`` is a ``.pth`` state_dict (its ``.json`` metadata beside it; a single
+        network's or an ensemble's), a training run's directory or, with
+        ``backend="onnx"``, also a ``.onnx`` file from ``mnist-cnn export``. ``tta``
+        averages each answer over one-pixel shifts of the input (five forward passes; an
+        ONNX file must have been exported with it). ``threads`` are ONNX Runtime's, per
+        session; PyTorch's and OpenCV's thread pools are process-wide, so the command that
+        owns the process sets them. Raises ``CheckpointError``, and ``ValueError`` for an
+        unknown backend.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         path = find_model(path).path
         if backend == "onnx":
-            return cls._from_onnx(path, threads, max_pixels)
+            return cls._from_onnx(path, threads, max_pixels, tta)
         if path.suffix == ".onnx":
             raise CheckpointError(f"{path}: an ONNX model needs backend='onnx'.")
-        loaded = load_model(path)  # eval mode, channels-last weights
+        loaded = load_model(path, tta=tta)  # eval mode, channels-last weights
         model = loaded.model
-        return cls(
-            lambda x: logits_of(model, x), loaded.info, max_pixels, _policy(loaded.metadata, path)
-        )
+        return cls(lambda x: logits_of(model, x), loaded.info, max_pixels, _policy(loaded.info))
 
     @classmethod
-    def _from_onnx(cls, path: Path, threads: int | None, max_pixels: int) -> Predictor:
+    def _from_onnx(cls, path: Path, threads: int | None, max_pixels: int, tta: bool) -> Predictor:
         from mnist_cnn import export
 
         if path.suffix == ".onnx":
@@ -161,13 +167,19 @@ class Predictor:
                 )
             model_bytes = path.read_bytes()
             info = _onnx_info(path, _onnx_metadata(path, model_bytes))
+            if tta and not info.tta:
+                # The graph is what it is: test-time augmentation has to be exported in it.
+                raise CheckpointError(
+                    f"{path}: this ONNX model was exported without test-time augmentation. "
+                    f"Export it with `mnist-cnn export --tta`, or leave out --tta."
+                )
         else:
-            loaded = load_model(path)
+            loaded = load_model(path, tta=tta)
             model_bytes = export.onnx_bytes(loaded.model, metadata=export.onnx_metadata(loaded))
             info = dataclasses.replace(loaded.info, backend="onnx")
         run = export.onnx_runner(model_bytes, threads=threads, what=str(path))
         check_outputs(path, run, info.mean, info.std)  # a graph can compute NaN, too
-        return cls(run, info, max_pixels, _policy(info.metadata, path))
+        return cls(run, info, max_pixels, _policy(info))
 
     @property
     def mean(self) -> float:
@@ -234,12 +246,22 @@ class Predictor:
         return self.predict_located([self.locate(image) for image in images])
 
 
-def _policy(metadata: Mapping[str, Any], path: Path) -> UnsurePolicy:
-    """The checkpoint's "not sure" thresholds (never unsure when it has none)."""
+def _policy(info: ModelInfo) -> UnsurePolicy:
+    """The checkpoint's "not sure" thresholds (never unsure when it has none).
+
+    With TTA, the model answers with log-probabilities, not the logits its thresholds were
+    measured on: the largest-logit rule (``min_max_logit``) would then read a logarithm
+    (at most 0) against a logit threshold and flag every digit, so it is off. An ensemble
+    answers with log-probabilities already, and its thresholds were measured on them. The
+    other rules read probabilities or the input, which TTA keeps meaningful.
+    """
     try:
-        return UnsurePolicy.from_metadata(metadata.get("unsure"))
+        policy = UnsurePolicy.from_metadata(info.metadata.get("unsure"))
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{metadata_path(path)}: bad 'unsure' entry ({exc}).") from exc
+        raise CheckpointError(f"{metadata_path(info.path)}: bad 'unsure' entry ({exc}).") from exc
+    if info.tta and info.architecture != ENSEMBLE:
+        policy = dataclasses.replace(policy, min_max_logit=None)
+    return policy
 
 
 def _onnx_info(path: Path, meta: Mapping[str, str]) -> ModelInfo:
@@ -265,12 +287,26 @@ def _onnx_info(path: Path, meta: Mapping[str, str]) -> ModelInfo:
 
     mean, std = number("mean", float), number("std", float)
     parameters, accuracy = number("parameters", int), number("test_accuracy", float)
+    members = number("members", int)
+    architecture = meta.get("architecture")
     embedded: dict[str, Any] = {
-        "architecture": meta.get("architecture"),
+        "architecture": architecture,
         "input": {"mean": mean, "std": std},
         "metrics": {} if accuracy is None else {"test_accuracy": accuracy},
     }
-    problem = metadata_problem(embedded)
+    problem = None
+    if architecture == ENSEMBLE:
+        if members is None or not 1 <= members <= MAX_ENSEMBLE_MEMBERS:
+            problem = f"'members' must be 1 to {MAX_ENSEMBLE_MEMBERS}, not {members}"
+        else:  # as a checkpoint's "ensemble" entry, for the same checks
+            embedded["ensemble"] = {
+                "architecture": meta.get("member_architecture"),
+                "members": [{}] * int(members),
+            }
+    tta = meta.get("tta", "false")
+    problem = problem or metadata_problem(embedded)
+    if problem is None and tta not in ("true", "false"):
+        problem = f"'tta' must be true or false, not {tta[:40]!r}"
     if problem is None and parameters is not None and parameters < 1:
         problem = f"'parameters' must be a positive count, not {parameters}"
     if problem is not None:
@@ -283,6 +319,7 @@ def _onnx_info(path: Path, meta: Mapping[str, str]) -> ModelInfo:
         side = {}  # the JSON of the .pth, not of this file: unusable, so not used
     source = meta.get("source_weights_sha256")
     side_meta = side if source and side.get("weights_sha256") == source else {}
+    ensemble = embedded.get("ensemble")
     return ModelInfo(
         path=path,
         architecture=meta.get("architecture", "unknown"),
@@ -292,6 +329,9 @@ def _onnx_info(path: Path, meta: Mapping[str, str]) -> ModelInfo:
         metrics=dict(side_meta.get("metrics") or embedded["metrics"]),
         backend="onnx",
         metadata=side_meta,
+        members=1 if ensemble is None else len(ensemble["members"]),
+        member_architecture=None if ensemble is None else ensemble["architecture"],
+        tta=tta == "true",
     )
 
 

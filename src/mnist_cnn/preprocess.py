@@ -10,8 +10,6 @@ the error types and constants of both stages are importable from here.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -61,9 +59,10 @@ def prepare(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Located:
     located = locate(decoded.gray)
     if decoded.scale == 1.0:
         return located
-    # The box in the file's own pixels, not in those of the reduced decode.
-    box = tuple(round(v / decoded.scale) for v in located.box)
-    return dataclasses.replace(located, box=box)
+    # The box in the file's own pixels, not in those of the reduced decode. (Built directly:
+    # dataclasses.replace inspects the fields on every call.)
+    x0, y0, x1, y1 = (round(v / decoded.scale) for v in located.box)
+    return Located(located.image, (x0, y0, x1, y1), located.marks, located.dark_ink)
 
 
 def preprocess(

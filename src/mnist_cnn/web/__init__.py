@@ -48,6 +48,8 @@ class WebConfig:
     model_path: Path | None = None
     # The Predictor's backend ("torch", or "onnx" when the ONNX extra is installed).
     backend: str = "torch"
+    # Test-time augmentation: each answer averaged over one-pixel shifts of the input.
+    tta: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     # Log one line per prediction (digit, confidence, top 3, elapsed, model file).
     log_predictions: bool = True
@@ -61,8 +63,8 @@ class WebConfig:
     large_decode_wait_s: float = 10.0
 
 
-# The process-wide model cache: (path, backend) -> Predictor.
-_PREDICTORS: dict[tuple[str, str], Predictor] = {}
+# The process-wide model cache: (path, backend, tta) -> Predictor.
+_PREDICTORS: dict[tuple[str, str, bool], Predictor] = {}
 _PREDICTORS_LOCK = threading.Lock()
 
 
@@ -75,12 +77,12 @@ def get_predictor(config: WebConfig) -> Predictor:
     from mnist_cnn.predict import Predictor
 
     path = find_model(config.model_path).path
-    key = (str(path.resolve()), config.backend)
+    key = (str(path.resolve()), config.backend, config.tta)
     with _PREDICTORS_LOCK:
         # The lock makes concurrent first requests (or apps) load the model once, not twice.
         predictor = _PREDICTORS.get(key)
         if predictor is None:
-            predictor = Predictor.from_checkpoint(path, backend=config.backend)
+            predictor = Predictor.from_checkpoint(path, backend=config.backend, tta=config.tta)
             _PREDICTORS[key] = predictor
     return predictor
 
@@ -89,7 +91,8 @@ def model_info(info: ModelInfo) -> dict[str, Any]:
     """What ``/api/model`` says: the model's facts and its checkpoint's JSON metadata.
 
     The per-epoch training history is left out (it is long and for plots, not clients), and
-    the server's directories are not disclosed: only the model's file name.
+    the server's directories are not disclosed: only the model's file name (and an
+    ensemble's members' run names).
     """
     metadata = {k: v for k, v in info.metadata.items() if k != "history"}
     training = metadata.get("training")
@@ -97,12 +100,21 @@ def model_info(info: ModelInfo) -> dict[str, Any]:
         metadata["training"] = {
             k: v for k, v in training.items() if k not in ("model_path", "report_dir", "data_dir")
         }
+    ensemble = metadata.get("ensemble")
+    if isinstance(ensemble, dict) and isinstance(ensemble.get("members"), list):
+        # Each member's run directory, by its name only (runs/best-s3 -> best-s3).
+        metadata["ensemble"] = {
+            **ensemble,
+            "members": [
+                {**m, "run": Path(m["run"]).name}
+                if isinstance(m, dict) and isinstance(m.get("run"), str)
+                else m
+                for m in ensemble["members"]
+            ],
+        }
     return {
-        "architecture": info.architecture,
-        "file": info.path.name,
-        "backend": info.backend,
+        **model_summary(info),
         "parameters": info.parameters,
-        "test_accuracy": info.test_accuracy,
         "metrics": dict(info.metrics),
         "input": {"mean": info.mean, "std": info.std},
         "metadata": metadata,
@@ -110,9 +122,17 @@ def model_info(info: ModelInfo) -> dict[str, Any]:
 
 
 def model_summary(info: ModelInfo) -> dict[str, Any]:
-    """What each prediction (and the page) says about the model that made it."""
+    """What each prediction (and the page) says about the model that made it.
+
+    ``architecture`` is ``"Ensemble"`` for an ensemble; ``description`` says what runs in
+    words ("ensemble of 5 BestCNN with shift TTA"), ``members`` and ``tta`` as values.
+    """
     return {
         "architecture": info.architecture,
+        "description": info.description,
+        "members": info.members,
+        "member_architecture": info.member_architecture,
+        "tta": info.tta,
         "file": info.path.name,
         "backend": info.backend,
         "test_accuracy": info.test_accuracy,

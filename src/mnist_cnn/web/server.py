@@ -203,6 +203,7 @@ class ServeConfig:
     threads: int = option(1, minimum=1, maximum=MAX_THREADS)
     model: Path | None = None
     backend: str = option("torch", choices=("torch", "onnx"))
+    tta: bool = option(False)  # test-time augmentation: five forward passes per image
     max_request_bytes: int = option(MAX_UPLOAD_BYTES, minimum=1)
     connection_limit: int = option(500, minimum=1)
     header_timeout_s: float = option(10.0, above=0.0)
@@ -977,6 +978,7 @@ def serve(config: ServeConfig) -> None:
         WebConfig(
             model_path=config.model,
             backend=config.backend,
+            tta=config.tta,
             max_upload_bytes=config.max_request_bytes,
         )
     )
@@ -1002,7 +1004,7 @@ def serve(config: ServeConfig) -> None:
         config.threads,
         "s" if config.threads > 1 else "",
         summary["file"],
-        summary["architecture"],
+        summary["description"],
         config.max_request_bytes / 1024 / 1024,
         config.connection_limit,
     )

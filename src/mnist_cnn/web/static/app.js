@@ -157,7 +157,7 @@
       bar.querySelector(".bar-value").textContent = percent(p);
     });
     const model = data.model || {};
-    metaEl.textContent = `${model.architecture || "model"} · ${model.file || ""} · answered in ${data.elapsed_ms} ms`;
+    metaEl.textContent = `${model.description || model.architecture || "model"} · ${model.file || ""} · answered in ${data.elapsed_ms} ms`;
     if (announce) {
       announceEl.textContent = unsure
         ? `Not sure. This looks most like ${likely}. ${sentence(reason.message)}`.trim()
