@@ -2,10 +2,11 @@
 
     mnist-cnn train --preset best --members 5 --name best-x5      # members + ensemble of 5
     python benchmarks/ensembles.py runs/best-x5
-    python benchmarks/ensembles.py runs/default-x5 --sizes 1,3,5
+    python benchmarks/ensembles.py runs/s0 runs/s1 runs/s2 --sizes 1,3   # runs trained apart
 
 Reads the members of an ensemble run (``runs/NAME/members/seed-*/``, trained by ``mnist-cnn
-train --members N``: one shared validation split) and prints, for each member alone and for
+train --members N``), or the runs given (trained with one ``--split-seed``, so that they
+share a validation split), and prints, for each member alone and for
 the ensembles of the first k members (``--sizes``), with and without shift TTA
 (``model.ShiftTTA``): validation accuracy (the split no member trained on, where settings
 are chosen), test accuracy and test NLL, and the time to classify the 10,000 test images.
@@ -42,19 +43,35 @@ def _score(model: torch.nn.Module, split: data.Split, mean: float, std: float) -
 def main() -> int:
     """Score the members and their ensembles and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="an ensemble run directory (train --members N)")
+    parser.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        help="an ensemble run directory (train --members N), or the members' runs",
+    )
     parser.add_argument("--sizes", default="1,3,5", help="ensemble sizes (first k members)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    members = sorted(
-        (args.run / "members").glob("seed-*/mnist_cnn_model.pth"),
-        key=lambda p: int(p.parent.name.removeprefix("seed-")),
-    )
-    if not members:
-        parser.error(f"{args.run}/members/seed-*/mnist_cnn_model.pth: no members found")
+    if len(args.runs) == 1 and (args.runs[0] / "members").is_dir():
+        members = sorted(
+            (args.runs[0] / "members").glob("seed-*/mnist_cnn_model.pth"),
+            key=lambda p: int(p.parent.name.removeprefix("seed-")),
+        )
+    else:
+        members = [r / "mnist_cnn_model.pth" if r.is_dir() else r for r in args.runs]
+    if not members or not all(m.is_file() for m in members):
+        parser.error(f"{' '.join(map(str, args.runs))}: no members found")
     # The members' shared validation split, rebuilt from the first member's settings.
+    splits = {
+        (t["seed"] if t.get("split_seed", -1) < 0 else t["split_seed"], t["val_size"])
+        for t in (read_metadata(m)["training"] for m in members)
+    }
+    if len(splits) > 1:
+        parser.error(
+            "the members were validated on different splits: train them with one --split-seed"
+        )
     settings = read_metadata(members[0])["training"]
     known = {k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__}
     config = TrainConfig(**{**known, "model_path": "", "report_dir": ""})
@@ -66,14 +83,15 @@ def main() -> int:
     for k in range(len(members)):  # each member alone
         model, manifest = build_ensemble(members[k : k + 1])
         mean, std = manifest["input"]["mean"], manifest["input"]["std"]
-        rows.append((f"member seed {k + config.seed}", model, mean, std))
+        seed = read_metadata(members[k])["training"]["seed"]
+        rows.append((f"member seed {seed}", model, mean, std))
     for k in sizes:
         if k > 1:
             model, manifest = build_ensemble(members[:k])
             mean, std = manifest["input"]["mean"], manifest["input"]["std"]
             rows.append((f"ensemble of {k}", model, mean, std))
     lines = [
-        f"{args.run}: {len(members)} members of {known.get('architecture')}, torch "
+        f"{len(members)} members of {known.get('architecture')}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}",
         "",

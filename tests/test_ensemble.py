@@ -648,3 +648,28 @@ def test_members_stop_when_the_command_is_killed(tmp_path: Path) -> None:
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_ensemble_command_combines_trained_models(
+    members: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], test_split: data.Split
+) -> None:
+    out = tmp_path / "combined" / MODEL_FILENAME
+    assert main(["ensemble", str(members[0]), str(members[1]), "--model-path", str(out)]) == 0
+    printed = capsys.readouterr().out
+    loaded = load_model(out)
+    assert loaded.info.members == 2
+    # Scored on the test set as evaluate scores it; these members record different seeds
+    # and so different validation splits: no validation figure is claimed.
+    expected = (
+        logits_of(loaded.model, data.normalise(test_split.images)).argmax(1) == test_split.labels
+    )
+    assert loaded.info.metrics["test_accuracy"] == pytest.approx(expected.float().mean().item())
+    assert "val_accuracy" not in loaded.info.metrics
+    assert f"test {100 * expected.float().mean().item():.2f}%" in printed
+    assert (out.parent / "evaluation.json").is_file()
+    # A member that is not a model: one line, exit 1, nothing written.
+    bad = tmp_path / "bad" / MODEL_FILENAME
+    assert (
+        main(["ensemble", str(members[0]), str(tmp_path / "none"), "--model-path", str(bad)]) == 1
+    )
+    assert not bad.exists()

@@ -225,7 +225,7 @@ TRAINING_INTRO = f"""
 TRAINING_PARAMETERS = """
     # Parameters: edit them here (the tests replace this cell).
     PRESET = "default"  # "default", "best" (most accurate), "seed" (the seed's), "fast" (quickest)
-    EPOCHS = None  # None: the preset's (default 12, best 20, seed 10, fast 2)
+    EPOCHS = None  # None: the preset's (default 12, best 30, seed 10, fast 2)
     MEMBERS = 1  # > 1: train this many networks (seeds SEED, SEED+1, ...) and save their ensemble
     NPROC = "auto"  # data-parallel processes for one model; "auto": one per GPU (T4 x2: 2), else 1
     TRAIN_SUBSET = 0  # 0: all 55,000 training images; 3000 makes a quick CPU try

@@ -39,6 +39,7 @@ COMMAND_HELP = {
     "export": "export a model to ONNX (checked against PyTorch)",
     "gradio": "serve the Gradio interface: draw or upload a digit",
     "promote": "make a training run's model the one used here (./models/)",
+    "ensemble": "combine trained models into one ensemble checkpoint (averaged probabilities)",
 }
 
 TRAIN_HELP = {
@@ -361,6 +362,48 @@ def _promote(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         return _fail(str(exc))
     print(f"promoted {args.run} to {promoted} (and its metadata beside it)")
+    return 0
+
+
+def _add_ensemble_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help=COMMAND_HELP["ensemble"],
+        description="Write the ensemble of models already trained (run directories or weights "
+        "files of one architecture) as one checkpoint, scored on the test set and, when the "
+        "members share a validation split (--split-seed), on it. `train --members N` trains "
+        "the members and does this too.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("members", metavar="MODEL", nargs="+", help="a member: runs/NAME or a .pth")
+    p.add_argument("--name", default="ensemble", help="the ensemble's run: runs/NAME/")
+    p.add_argument("--model-path", default="", help="write the weights here instead")
+    p.set_defaults(handler=_ensemble)
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from mnist_cnn import paths
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.data import DatasetError
+    from mnist_cnn.ensemble import assemble
+    from mnist_cnn.train import MODEL_FILE, TrainingError
+
+    try:
+        destination = (
+            Path(args.model_path) if args.model_path else paths.run_dir(args.name) / MODEL_FILE
+        )
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        result = assemble([Path(m) for m in args.members], destination)
+        _, written = _evaluation_report(destination, None, destination.parent)
+    except (CheckpointError, DatasetError, TrainingError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    val = "" if result.val_accuracy is None else f"validation {100 * result.val_accuracy:.2f}%, "
+    print(
+        f"ensemble of {len(args.members)}: {val}test {100 * (result.test_accuracy or 0):.2f}% "
+        f"(loss {result.test_loss:.4f})"
+    )
+    for what, path in {**result.outputs, **written}.items():
+        print(f"wrote {what}: {path}")
     return 0
 
 
@@ -995,6 +1038,7 @@ def _fail(message: str) -> int:
 PARSERS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": _add_train_parser,
     "promote": _add_promote_parser,
+    "ensemble": _add_ensemble_parser,
     "evaluate": _add_evaluate_parser,
     "download": _add_download_parser,
     "predict": _add_predict_parser,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn import data
-from mnist_cnn.checkpoint import build_ensemble, save_model
+from mnist_cnn.checkpoint import build_ensemble, find_model, read_metadata, save_model
 from mnist_cnn.model import logits_of
 from mnist_cnn.train import (
     MODEL_FILE,
@@ -161,24 +161,55 @@ def train_ensemble(
             f"test {100 * r['test_accuracy']:.2f}%, {r['seconds']:.0f}s"
         )
 
-    # The ensemble's own figures, on the members' shared validation split and the test set,
-    # fed as its members were trained (the manifest's normalisation).
-    ensemble, manifest = build_ensemble([Path(r["model"]) for r in results])
-    mean, std = manifest["input"]["mean"], manifest["input"]["std"]
-    _, val_set = split_data(configs[0])
-    test_set = data.load_split("test", config.data_dir or None)
-    val = _accuracy_loss(ensemble, val_set, mean, std)
-    test = _accuracy_loss(ensemble, test_set, mean, std)
-    result.val_accuracy, result.test_accuracy, result.test_loss = val[0], test[0], test[1]
-    metrics = {
-        "val_accuracy": round(val[0], 6),
-        "val_loss": round(val[1], 6),
-        "test_accuracy": round(test[0], 6),
-        "test_loss": round(test[1], 6),
-    }
-    destination = config.model_file
     training = {"members": members, "jobs": jobs, "seconds": round(result.seconds, 1)}
-    save_model(ensemble, destination, {**manifest, "metrics": metrics, "training": training})
+    assembled = assemble([Path(r["model"]) for r in results], config.model_file, training)
+    result.val_accuracy = assembled.val_accuracy
+    result.test_accuracy, result.test_loss = assembled.test_accuracy, assembled.test_loss
+    result.outputs = assembled.outputs
+    return result
+
+
+def _member_config(path: Path) -> TrainConfig | None:
+    """The training config a member's JSON records (None when it records none)."""
+    settings = read_metadata(path).get("training")
+    if not isinstance(settings, dict):
+        return None
+    known = {k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__}
+    try:
+        return dataclasses.replace(TrainConfig(), **known)
+    except TypeError:
+        return None
+
+
+def assemble(
+    member_paths: list[Path], destination: Path, training: dict[str, Any] | None = None
+) -> EnsembleResult:
+    """Write the ensemble of the models at ``member_paths`` (weights or run directories) to
+    ``destination``, with its own figures: test accuracy and loss, and validation ones
+    when the members share one validation split (as ``train --members`` trains them; their
+    JSON says) that no member trained on. Raises ``CheckpointError``, ``TrainingError``."""
+    ensemble, manifest = build_ensemble(member_paths)
+    mean, std = manifest["input"]["mean"], manifest["input"]["std"]
+    configs = [_member_config(find_model(p).path) for p in member_paths]
+    result = EnsembleResult(members=list(manifest["ensemble"]["members"]))
+    metrics: dict[str, float] = {}
+    splits = {
+        (c.seed if c.split_seed < 0 else c.split_seed, c.val_size, c.data_dir) if c else None
+        for c in configs
+    }
+    if len(splits) == 1 and None not in splits and configs[0] is not None:
+        _, val_set = split_data(configs[0])
+        val_accuracy, val_loss = _accuracy_loss(ensemble, val_set, mean, std)
+        metrics.update(val_accuracy=round(val_accuracy, 6), val_loss=round(val_loss, 6))
+        result.val_accuracy = val_accuracy
+    data_dir = configs[0].data_dir if configs[0] else ""
+    test_accuracy, test_loss = _accuracy_loss(
+        ensemble, data.load_split("test", data_dir or None), mean, std
+    )
+    metrics.update(test_accuracy=round(test_accuracy, 6), test_loss=round(test_loss, 6))
+    result.test_accuracy, result.test_loss = test_accuracy, test_loss
+    extra = {"metrics": metrics, **({"training": training} if training else {})}
+    save_model(ensemble, destination, {**manifest, **extra})
     result.outputs = {"model": destination, "metadata": destination.with_suffix(".json")}
     return result
 
@@ -194,4 +225,4 @@ def _accuracy_loss(
     return accuracy, loss
 
 
-__all__ = ["EnsembleResult", "member_configs", "train_ensemble"]
+__all__ = ["EnsembleResult", "assemble", "member_configs", "train_ensemble"]
