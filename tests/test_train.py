@@ -25,9 +25,12 @@ REPO_DATA = str(Path(__file__).resolve().parents[1] / "data" / "mnist")
 
 
 def small_config(tmp_path: Path, **overrides: object) -> TrainConfig:
-    """A few thousand images and the fast network: a real run in seconds."""
+    """A few thousand images and the fast network: a real run in seconds. (Batches of 128:
+    the preset's 512 would leave 6 steps per epoch on so few images.)"""
     settings = {
         "train_subset": 3000,
+        "batch_size": 128,
+        "lr": 1e-2,
         "val_size": 1000,
         "epochs": 2,
         "threads": 2,
@@ -48,7 +51,7 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     assert len(lines) == 2 and "val loss" in lines[0]
 
     meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["architecture"] == "FastCNN"
+    assert meta["architecture"] == "SprintCNN"
     assert meta["input"]["mean"] == 0.1307 and meta["input"]["std"] == 0.3081
     assert meta["metrics"]["test_accuracy"] == pytest.approx(result.test_accuracy, abs=1e-6)
     assert meta["dataset"]["train_examples"] == 3000 and meta["dataset"]["val_examples"] == 1000
@@ -58,7 +61,7 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
     loaded = load_model(tmp_path / "model.pth")
-    assert loaded.architecture == "FastCNN"
+    assert loaded.architecture == "SprintCNN"
 
 
 @pytest.mark.slow
@@ -71,7 +74,12 @@ def test_outlier_exposure_teaches_none_of_the_ten(tmp_path: Path, train_split) -
     x = (torch.from_numpy(unseen).float().div(255).unsqueeze(1) - 0.1307) / 0.3081
     confidence = {}
     for weight in (0.0, 0.5):
-        result = train(small_config(tmp_path / str(weight), outlier_weight=weight))
+        # FastCNN in float32, the network this margin was measured with (the mechanism is
+        # what is tested; the default recipe's network is the seed CNN, too slow here).
+        config = small_config(
+            tmp_path / str(weight), outlier_weight=weight, architecture="FastCNN", precision="fp32"
+        )
+        result = train(config)
         assert result.test_accuracy is not None and result.test_accuracy > 0.9
         result.model.eval()
         with torch.no_grad():
