@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn import data
-from mnist_cnn.checkpoint import build_ensemble, read_metadata
+from mnist_cnn.checkpoint import build_ensemble
+from mnist_cnn.ensemble import member_config, validation_split
 from mnist_cnn.model import ShiftTTA, logits_of
-from mnist_cnn.train import TrainConfig, split_data
+from mnist_cnn.train import split_data
 
 
 def _score(model: torch.nn.Module, split: data.Split, mean: float, std: float) -> tuple:
@@ -63,18 +64,15 @@ def main() -> int:
         members = [r / "mnist_cnn_model.pth" if r.is_dir() else r for r in args.runs]
     if not members or not all(m.is_file() for m in members):
         parser.error(f"{' '.join(map(str, args.runs))}: no members found")
-    # The members' shared validation split, rebuilt from the first member's settings.
-    splits = {
-        (t["seed"] if t.get("split_seed", -1) < 0 else t["split_seed"], t["val_size"])
-        for t in (read_metadata(m)["training"] for m in members)
-    }
-    if len(splits) > 1:
+    # The members' shared validation split, rebuilt from their recorded settings.
+    configs = [member_config(m) for m in members]
+    if None in configs:
+        parser.error("a member's JSON records no training settings")
+    if len({validation_split(c) for c in configs}) > 1:
         parser.error(
             "the members were validated on different splits: train them with one --split-seed"
         )
-    settings = read_metadata(members[0])["training"]
-    known = {k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(**{**known, "model_path": "", "report_dir": ""})
+    config = configs[0]
     _, val_set = split_data(config)
     test_set = data.load_split("test", config.data_dir or None)
     sizes = [int(k) for k in args.sizes.split(",") if int(k) <= len(members)]
@@ -83,15 +81,14 @@ def main() -> int:
     for k in range(len(members)):  # each member alone
         model, manifest = build_ensemble(members[k : k + 1])
         mean, std = manifest["input"]["mean"], manifest["input"]["std"]
-        seed = read_metadata(members[k])["training"]["seed"]
-        rows.append((f"member seed {seed}", model, mean, std))
+        rows.append((f"member seed {configs[k].seed}", model, mean, std))
     for k in sizes:
         if k > 1:
             model, manifest = build_ensemble(members[:k])
             mean, std = manifest["input"]["mean"], manifest["input"]["std"]
             rows.append((f"ensemble of {k}", model, mean, std))
     lines = [
-        f"{len(members)} members of {known.get('architecture')}, torch "
+        f"{len(members)} members of {config.architecture}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}",
         "",

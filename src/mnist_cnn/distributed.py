@@ -100,12 +100,18 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
+def cores() -> int:
+    """CPU cores this process may use (the affinity mask on Linux, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def threads_per_process() -> int:
     """The cores of this machine each local process gets: all of them shared among the
     ``LOCAL_WORLD_SIZE`` processes torchrun started here (torchrun's own default is one
     thread each, which leaves cores idle when there are fewer processes than cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def gather(obj: Any, rank: Rank) -> list[Any]:
@@ -149,8 +155,7 @@ def launch(nproc: int, target: Sequence[str]) -> None:
     from torch.distributed.run import parse_args, run
 
     # Each process's share of the cores (torchrun would set 1 and warn that it did).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
     # --standalone: a rendezvous on this machine, on a free port, for this run only.
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", *target])
     try:

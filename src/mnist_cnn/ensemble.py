@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn import data
+from mnist_cnn import data, distributed
 from mnist_cnn.checkpoint import build_ensemble, find_model, read_metadata, save_model
 from mnist_cnn.model import logits_of
 from mnist_cnn.train import (
@@ -82,10 +82,6 @@ def member_configs(config: TrainConfig, members: int) -> list[TrainConfig]:
     return out
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to stop this worker when ``parent``, the process that started it, dies:
     killed (not interrupted, which reaches the workers too), it would leave members
@@ -130,7 +126,7 @@ def train_ensemble(
     """
     check_config(config)
     configs = member_configs(config, members)
-    cores = _cores()
+    cores = distributed.cores()
     # A GPU is busy with one member at a time; a CPU's cores are shared among members.
     on_gpu = resolve_device(config.device).type != "cpu"
     jobs = min(members, jobs or (1 if on_gpu else cores))
@@ -169,8 +165,8 @@ def train_ensemble(
     return result
 
 
-def _member_config(path: Path) -> TrainConfig | None:
-    """The training config a member's JSON records (None when it records none)."""
+def member_config(path: Path) -> TrainConfig | None:
+    """The training config a model's JSON records (None when it records none)."""
     settings = read_metadata(path).get("training")
     if not isinstance(settings, dict):
         return None
@@ -179,6 +175,16 @@ def _member_config(path: Path) -> TrainConfig | None:
         return dataclasses.replace(TrainConfig(), **known)
     except TypeError:
         return None
+
+
+def validation_split(config: TrainConfig) -> tuple[int, int, str]:
+    """What decides a run's validation images: two runs with the same were validated on
+    the same images."""
+    return (
+        config.seed if config.split_seed < 0 else config.split_seed,
+        config.val_size,
+        config.data_dir,
+    )
 
 
 def assemble(
@@ -190,13 +196,10 @@ def assemble(
     JSON says) that no member trained on. Raises ``CheckpointError``, ``TrainingError``."""
     ensemble, manifest = build_ensemble(member_paths)
     mean, std = manifest["input"]["mean"], manifest["input"]["std"]
-    configs = [_member_config(find_model(p).path) for p in member_paths]
+    configs = [member_config(find_model(p).path) for p in member_paths]
     result = EnsembleResult(members=list(manifest["ensemble"]["members"]))
     metrics: dict[str, float] = {}
-    splits = {
-        (c.seed if c.split_seed < 0 else c.split_seed, c.val_size, c.data_dir) if c else None
-        for c in configs
-    }
+    splits = {validation_split(c) if c else None for c in configs}
     if len(splits) == 1 and None not in splits and configs[0] is not None:
         _, val_set = split_data(configs[0])
         val_accuracy, val_loss = _accuracy_loss(ensemble, val_set, mean, std)
@@ -225,4 +228,11 @@ def _accuracy_loss(
     return accuracy, loss
 
 
-__all__ = ["EnsembleResult", "assemble", "member_configs", "train_ensemble"]
+__all__ = [
+    "EnsembleResult",
+    "assemble",
+    "member_config",
+    "member_configs",
+    "train_ensemble",
+    "validation_split",
+]
