@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,web,onnx,gradio,notebooks
 
-.PHONY: help venv train test test-fast lint format serve notebooks benchmarks benchmark-data fonts clean
+.PHONY: help venv train test test-fast lint format serve notebooks docs benchmarks benchmark-data fonts clean
 
 help:
 	@echo "make train       train the default model on the bundled MNIST and calibrate \"not sure\""
@@ -16,6 +16,7 @@ help:
 	@echo "make lint        ruff check + ruff format --check"
 	@echo "make format      ruff format + ruff check --fix"
 	@echo "make notebooks   regenerate notebooks/ from the package sources"
+	@echo "make docs        regenerate the guide's figures (docs/img/) from the shipped model"
 	@echo "make benchmarks  run every benchmark in benchmarks/ and print their tables"
 	@echo "make benchmark-data  install the Debian fonts and Fashion-MNIST of benchmarks/realistic_uploads.py"
 	@echo "make fonts       the same (its old name)"
@@ -63,6 +64,12 @@ serve: venv
 
 notebooks: venv
 	$(BIN)/python tools/build_notebooks.py
+
+# The guide's figures come from the model shipped in the package (not ./models/, which
+# `make train` replaces), so that they match what tests/test_figures.py regenerates.
+docs: venv
+	$(BIN)/python tools/make_example_photo.py
+	$(BIN)/mnist-cnn explain --figures docs/img --model src/mnist_cnn/shipped/mnist_cnn_model.pth
 
 benchmarks: venv
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

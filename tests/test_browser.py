@@ -756,3 +756,136 @@ def test_a_heavily_inked_pad_still_gets_an_answer(page: tuple[object, PageWatch]
     assert answer.value.status == 200, answer.value.text()
     expect(p.locator("#digit")).not_to_have_text("?")
     expect(p.locator("#message")).not_to_contain_text("empty")
+
+
+# --------------------------------------------------------------------------- look inside
+
+# The pictures of the "Look inside" panel once they have all loaded: (naturalWidth, alt) of
+# each, or null while one is still loading.
+INSIDE_IMAGES = """() => {
+    const images = Array.from(document.querySelectorAll("#inside-content img"));
+    if (!images.every((img) => img.complete && img.naturalWidth > 0)) return null;
+    return images.map((img) => ({id: img.id, width: img.naturalWidth, alt: img.alt,
+                                 src: img.src.slice(0, 22)}));
+}"""
+# Seven stages (the image and six steps), the input and its saliency, conv1 and conv2.
+INSIDE_PICTURES = 11
+
+
+def inside_images(page: object) -> list[dict]:
+    """The panel's pictures, once every one has loaded."""
+    return page.wait_for_function(INSIDE_IMAGES, timeout=TIMEOUT_MS).json_value()
+
+
+def explain_requests(watch: PageWatch) -> list[str]:
+    return [u for u in watch.requests if u.endswith("/api/explain")]
+
+
+def test_look_inside_shows_how_the_model_read_the_drawing(
+    page: tuple[object, PageWatch], digits: list[tuple[np.ndarray, int]], tmp_path: Path
+) -> None:
+    p, watch = page
+    draw(p, SEVEN)
+    expect(p.locator("#digit")).to_have_text("7")
+    # Closed, the panel asks the server nothing: predictions cost what they did.
+    assert not explain_requests(watch)
+    summary = p.locator("#inside summary")
+    expect(summary).to_have_text("Look inside the model")
+    # A <details>: the keyboard opens it.
+    summary.focus()
+    with p.expect_response(lambda r: r.url.endswith("/api/explain")) as answer:
+        p.keyboard.press("Enter")
+    assert answer.value.status == 200
+    assert answer.value.request.post_data_json["image"].startswith("data:image/png;base64,")
+    expect(p.locator("#inside")).to_have_attribute("open", "")
+    images = inside_images(p)
+    assert len(images) == INSIDE_PICTURES, images
+    assert all(i["src"] == "data:image/png;base64," for i in images)
+    # Every picture says what it shows, in words of its own.
+    alts = [i["alt"] for i in images]
+    assert all(len(alt) > 20 for alt in alts), alts
+    assert len(set(alts)) == len(alts), alts
+    assert "Your image" in alts[0] and "28 by 28" in alts[6]
+    assert any("conv1" in alt for alt in alts) and any("conv2" in alt for alt in alts)
+    saliency = p.locator("#inside-saliency")
+    expect(saliency).to_have_attribute("alt", re.compile(r"^Occlusion saliency for the answer 7"))
+    expect(p.locator("#inside-stages figcaption")).to_have_count(7)
+    expect(p.locator("#inside-legend")).to_contain_text("Red: evidence for 7")
+    expect(p.locator("#inside-status")).to_have_text("")
+    # The saliency is beside the 28x28 input, on the same row.
+    boxes = [p.locator(s).bounding_box() for s in ("#inside-input", "#inside-saliency")]
+    assert abs(boxes[0]["y"] - boxes[1]["y"]) < 2 and boxes[1]["x"] > boxes[0]["x"]
+
+    # A new answer while it is open: the panel follows it.
+    p.locator("#clear").click()
+    expect(p.locator("#inside-content")).to_be_hidden()
+    expect(p.locator("#inside-status")).to_contain_text("Draw or upload a digit")
+    with p.expect_response(lambda r: r.url.endswith("/api/explain")) as answer:
+        draw(p, ONE)
+    assert answer.value.status == 200 and answer.value.json()["digit"] == 1
+    expect(p.locator("#inside-legend")).to_contain_text("Red: evidence for 1")
+    assert len(inside_images(p)) == INSIDE_PICTURES
+    # While a stroke goes on, the panel waits for the finished drawing: one explanation.
+    assert len(explain_requests(watch)) == 2, explain_requests(watch)
+
+    # An upload is explained too, sent as it was to /api/predict.
+    image, label = digits[4]
+    photo = tmp_path / "digit.jpg"
+    photo.write_bytes(as_scan(image))
+    p.get_by_role("tab", name="Upload").click()
+    with p.expect_response(lambda r: r.url.endswith("/api/explain")) as answer:
+        p.set_input_files("#file", str(photo))
+    assert answer.value.status == 200 and answer.value.json()["digit"] == label
+    expect(p.locator("#inside-legend")).to_contain_text(f"Red: evidence for {label}")
+    images = inside_images(p)
+    assert images[0]["width"] == 112  # the photo as sent, in colour, not the pad
+    # Closing and opening again shows the same answer without asking again.
+    summary.click()
+    summary.click()
+    expect(p.locator("#inside-content")).to_be_visible()
+    assert len(explain_requests(watch)) == 3
+
+
+def test_look_inside_says_when_it_fails_and_tries_again(page: tuple[object, PageWatch]) -> None:
+    p, _ = page
+    busy = {"error": {"code": "busy", "message": "the server is decoding other large images"}}
+    p.route("**/api/explain", lambda route: route.fulfill(status=503, json=busy))
+    draw(p, SEVEN)
+    expect(p.locator("#digit")).to_have_text("7")
+    p.locator("#inside summary").click()
+    error = p.locator("#inside-error")
+    expect(error).to_be_visible()
+    expect(error).to_have_attribute("role", "alert")
+    expect(error).to_contain_text("Could not look inside the model.")
+    expect(error).to_contain_text("The server is decoding other large images.")
+    expect(p.locator("#inside-content")).to_be_hidden()
+    # The answer itself is untouched.
+    expect(p.locator("#digit")).to_have_text("7")
+    expect(p.locator("#message")).to_be_hidden()
+    p.unroute("**/api/explain")
+    with p.expect_response(lambda r: r.url.endswith("/api/explain")) as answer:
+        p.get_by_role("button", name="Try again").click()
+    assert answer.value.status == 200
+    expect(error).to_be_hidden()
+    assert len(inside_images(p)) == INSIDE_PICTURES
+
+
+def test_look_inside_fits_a_phone(open_page: Callable[..., tuple[object, object]]) -> None:
+    context, page = open_page(390, 844, touch=True)
+    finger = Finger(context, page)
+    finger.draw(SEVEN)
+    expect(page.locator("#digit")).to_have_text("7")
+    page.locator("#inside summary").scroll_into_view_if_needed()
+    with page.expect_response(lambda r: r.url.endswith("/api/explain")):
+        finger.tap("#inside summary")
+    images = inside_images(page)
+    assert len(images) == INSIDE_PICTURES
+    # Nothing overflows sideways: the page does not scroll, every picture is within the width.
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    for img in page.locator("#inside-content img").all():
+        box = img.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (img.get_attribute("alt"), box)
+        assert box["width"] > 20 and box["height"] > 20  # shown, not squeezed away
+    # The stages wrap onto several rows rather than run off the side.
+    tops = {round(li.bounding_box()["y"]) for li in page.locator("#inside-stages li").all()}
+    assert len(tops) > 1

@@ -431,3 +431,56 @@ def test_a_very_long_name_is_reported(digits: Path, capsys) -> None:
     captured = capsys.readouterr()
     assert _reported(captured.err, long) == 1
     assert "File name too long" in captured.err
+
+
+# --------------------------------------------------------------------------- --number
+
+
+def _written_number(text: str) -> np.ndarray:
+    """``text`` in OpenCV's Hershey font, dark on white paper, digits apart: uint8 gray."""
+    import cv2
+
+    image = np.full((200, 140 * len(text) + 60), 255, np.uint8)
+    for i, ch in enumerate(text):
+        cv2.putText(image, ch, (40 + 140 * i, 150), cv2.FONT_HERSHEY_SIMPLEX, 4, 0, 12)
+    return image
+
+
+def test_predict_number_prints_the_number_and_each_digit(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "year.png"
+    path.write_bytes(encode(Image.fromarray(_written_number("2026")), "PNG"))
+    out_dir = tmp_path / "seen"
+    assert main(["predict", "--number", str(path), "--save-inputs", str(out_dir)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{path}: 2026  (") and line.count("%") == 5, line
+    saved = sorted(p.name for p in out_dir.iterdir())
+    assert saved == ["year-1.png", "year-2.png", "year-3.png", "year-4.png"]
+    with Image.open(out_dir / "year-4.png") as six:
+        assert six.size == (28, 28)
+
+
+def test_predict_number_json_and_errors(tmp_path: Path, capsys) -> None:
+    good, bad = tmp_path / "42.png", tmp_path / "bad.png"
+    good.write_bytes(encode(Image.fromarray(_written_number("42")), "PNG"))
+    bad.write_bytes(b"not an image")
+    assert main(["predict", "--number", "--json", str(good), str(bad)]) == 1
+    document = json.loads(capsys.readouterr().out)
+    first, second = document["results"]
+    assert first["number"] == "42" and first["status"] == "ok"
+    assert [d["digit"] for d in first["digits"]] == [4, 2]
+    x1 = first["digits"][0]["box"][2]
+    assert x1 <= first["digits"][1]["box"][0]  # left to right, in the file's pixels
+    assert second["error"]["code"] == "unsupported_image"
+    assert document["failed"] == 1 and document["predicted"] == 1
+
+
+def test_predict_number_of_one_digit_is_the_single_digit_answer(
+    tmp_path: Path, capsys, shipped_predictor: Predictor
+) -> None:
+    path = tmp_path / "seven.png"
+    path.write_bytes(encode(Image.fromarray(_written_number("7")), "PNG"))
+    assert main(["predict", "--number", "--json", str(path)]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    single = shipped_predictor.predict(path)
+    assert result["number"] == "7" and len(result["digits"]) == 1
+    assert result["digits"][0]["probabilities"] == single.to_dict()["probabilities"]

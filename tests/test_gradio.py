@@ -23,7 +23,7 @@ import pytest
 from _web_fixtures import free_port
 from PIL import Image
 
-from mnist_cnn import cli, gradio_app
+from mnist_cnn import cli, explain, gradio_app
 from mnist_cnn.checkpoint import CheckpointError
 from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Prediction, Predictor, Unsure
@@ -196,6 +196,112 @@ def test_not_sure_is_said_in_words(
     )
 
 
+# --------------------------------------------------------------------------- look inside
+
+# The captions of the look inside: the image, the six preprocessing stages, the saliency and
+# the feature maps of the first two convolutions.
+INSIDE_CAPTIONS = [
+    *(explain.STAGE_LABELS[name] for name in ("original", *explain.STAGES)),
+    "saliency for {digit}: red for, blue against",
+    "conv1: 32 feature maps of 28×28",
+    "conv2: 64 feature maps of 14×14",
+]
+
+
+def test_look_inside_shows_the_stages_the_saliency_and_the_feature_maps(
+    shipped_predictor: Predictor, clear_digits: list
+) -> None:
+    path, label, _ = clear_digits[14]
+    pictures, legend = gradio_app.look_inside(shipped_predictor, path)
+    captions = [caption for _, caption in pictures]
+    assert captions == [c.format(digit=label) for c in INSIDE_CAPTIONS]
+    assert f"evidence for **{label}**" in legend
+    reference = explain.explain(shipped_predictor, path)
+    model_input = reference.prediction.model_input
+    for image, caption in pictures:
+        assert image.dtype == np.uint8, caption
+        # Small pictures (the 28x28 input, the 20x20 fit) are enlarged to be seen.
+        assert max(image.shape[:2]) >= gradio_app.INSIDE_MIN_SIDE, caption
+    # The last stage is the model's input, each pixel an exact square.
+    centred = pictures[len(explain.STAGES)][0]
+    k = centred.shape[0] // 28
+    assert k > 1 and centred.shape == (28 * k, 28 * k)
+    np.testing.assert_array_equal(centred, np.kron(centred[::k, ::k], np.ones((k, k), np.uint8)))
+    assert np.abs(centred[::k, ::k].astype(int) - model_input).max() <= 1
+    # The saliency is the library's, drawn over the input as large as the input is shown.
+    saliency = pictures[-3][0]
+    expected = explain.overlay(model_input, reference.saliency, scale=gradio_app.DISPLAY_SCALE)
+    np.testing.assert_array_equal(saliency, expected)
+    # The feature maps: grids of the first two layers, enlarged 2x and 3x.
+    for (image, _), name, factor in zip(pictures[-2:], ("conv1", "conv2"), (2, 3), strict=True):
+        grid = explain.grid(reference.activations[name])
+        np.testing.assert_array_equal(image[::factor, ::factor], grid)
+        assert image.shape == (grid.shape[0] * factor, grid.shape[1] * factor)
+
+
+def test_look_inside_has_nothing_to_show_for_what_classify_refuses(
+    shipped_predictor: Predictor, tmp_path: Path
+) -> None:
+    for image in (
+        None,
+        np.full((200, 200), 255, np.uint8),
+        b"\x00\x01 definitely not an image",
+        str(tmp_path / "gone.png"),
+    ):
+        assert gradio_app.look_inside(shipped_predictor, image) == (None, "")
+
+
+def test_look_inside_shows_a_large_file_from_its_working_copy(
+    shipped_predictor: Predictor, tmp_path: Path
+) -> None:
+    from PIL import ImageDraw
+
+    # A red 7 on white: small, it is shown in colour; large (over 16 MB to decode), from
+    # the gray working copy the prediction decodes, with the same answer.
+    def red_seven(side: int) -> Path:
+        image = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+        f = side / 2100
+        points = [(600 * f, 500 * f), (1500 * f, 500 * f), (900 * f, 1700 * f)]
+        ImageDraw.Draw(image).line(points, fill=(200, 0, 0, 255), width=round(120 * f))
+        path = tmp_path / f"red7_{side}.png"
+        image.save(path)
+        return path
+
+    for side, gray in ((300, False), (2100, True)):
+        path = red_seven(side)
+        pictures, legend = gradio_app.look_inside(shipped_predictor, path)
+        scores, _, _ = gradio_app.classify(shipped_predictor, path)
+        assert max(scores, key=scores.get) == "7" and "evidence for **7**" in legend
+        shown = pictures[0][0].astype(int)
+        assert max(shown.shape[:2]) <= 320
+        assert ((shown == shown[..., :1]).all()) == gray, side
+
+
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
+def test_look_inside_is_served_for_uploads_and_drawings(
+    client: gradio_client.Client, clear_digits: list, tmp_path: Path
+) -> None:
+    path, label, pixels = clear_digits[6]
+    drawing = _as_drawing(pixels, tmp_path / "drawn.png")
+    for value, api_name in (
+        (gradio_client.handle_file(str(path)), "/look_inside_upload"),
+        (_editor(drawing), "/look_inside_drawing"),
+    ):
+        gallery, legend = client.predict(value, api_name=api_name)
+        assert [item["caption"] for item in gallery] == [
+            c.format(digit=label) for c in INSIDE_CAPTIONS
+        ], api_name
+        assert f"evidence for **{label}**" in legend
+        # Lossless PNGs, as the library drew them: the saliency is 8x the 28x28 input.
+        with Image.open(gallery[-3]["image"]) as saliency:
+            assert saliency.format == "PNG" and saliency.size == (224, 224)
+    # An empty canvas: nothing to look at, and no error.
+    blank = tmp_path / "blank.png"
+    Image.new("RGBA", (280, 280), (0, 0, 0, 0)).save(blank)
+    gallery, legend = client.predict(_editor(blank), api_name="/look_inside_drawing")
+    assert not gallery and legend == ""
+
+
 @pytest.mark.slow  # a Gradio server (or a fresh interpreter)
 def test_importing_the_package_does_not_import_gradio() -> None:
     code = (
@@ -312,6 +418,15 @@ def test_a_digit_drawn_with_the_mouse_is_read_and_nothing_is_fetched_elsewhere(
             re.compile(r"^7 with [\d.]+% confidence")
         )
         expect(page.locator("#model-input img")).to_be_visible()
+        # The look inside followed the answer: open it, its pictures are there.
+        page.get_by_role("button", name="Look inside").click()
+        pictures = page.locator("#inside-gallery img")
+        expect(pictures).to_have_count(len(INSIDE_CAPTIONS))
+        expect(page.locator("#look-inside")).to_contain_text("evidence for 7")
+        loaded = "(imgs) => imgs.every((img) => img.complete && img.naturalWidth > 0)"
+        page.wait_for_function(
+            f"() => ({loaded})(Array.from(document.querySelectorAll('#inside-gallery img')))"
+        )
     finally:
         page.close()
     elsewhere = [u for u in requests if not u.startswith((server, "data:", "blob:"))]

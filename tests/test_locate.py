@@ -43,6 +43,7 @@ from mnist_cnn.locate import (
     _median,
     _nearest,
     _percentile,
+    locate,
 )
 from mnist_cnn.predict import Predictor
 
@@ -578,3 +579,15 @@ def test_enlarged_box_is_cv2_resize() -> None:
             r1, c1 = int(rng.integers(r0 + 1, height + 1)), int(rng.integers(c0 + 1, width + 1))
             box = slice(r0, r1), slice(c0, c1)
             assert np.array_equal(_enlarged(small, height, width, *box), whole[box])
+
+
+@pytest.mark.parametrize("dark_ink", [False, True])
+def test_a_crisp_thin_one_is_a_digit(dark_ink: bool) -> None:
+    """A "1" drawn as one crisp bar fits into 20x2 pixels: its centre of mass is still
+    found (cv2.moments would read a (20, 2) array as 20 points of a contour, of area 0)."""
+    canvas = np.full((280, 280), 255 if dark_ink else 0, np.uint8)
+    canvas[40:240, 130:150] = 0 if dark_ink else 255
+    image = locate(canvas.astype(np.float32) / 255).image
+    ys, xs = np.nonzero(image)
+    assert ys.max() - ys.min() + 1 == 20 and xs.max() - xs.min() + 1 <= 3
+    assert abs(np.average(np.arange(28), weights=image.sum(axis=0)) - 14) < 1

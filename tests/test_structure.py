@@ -1,7 +1,7 @@
 """The package's shape: one straight line of imports with no back-edges.
 
     data -> model -> checkpoint -> train -> evaluate, ensemble
-    decode -> locate -> preprocess -> predict -> gradio_app, web -> cli
+    decode -> locate -> preprocess, segment -> predict -> explain -> figures, gradio_app, web -> cli
 
 A module may import only modules of a lower layer (read from the source, function-level
 imports included, since those are how heavy dependencies are deferred). The command line
@@ -26,11 +26,12 @@ PACKAGE = Path(mnist_cnn.__file__).parent
 LAYERS = [
     {"atomic", "paths", "extras", "options", "decode", "unsure", "distributed"},
     {"data", "locate", "plots"},
-    {"model", "preprocess", "outliers"},
+    {"model", "preprocess", "outliers", "segment"},
     {"checkpoint"},
     {"train", "export"},
     {"evaluate", "predict", "ensemble"},
-    {"gradio_app", "web.errors"},
+    {"explain"},
+    {"figures", "gradio_app", "web.errors"},
     {"web"},  # the app factory; it registers the blueprints below (as flaskr's does)
     {"web.api", "web.pages"},
     {"web.server"},

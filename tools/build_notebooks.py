@@ -316,6 +316,16 @@ TRAINING_EVALUATE = """
     )
 """
 
+TRAINING_EXPLAIN = """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    predictor = Predictor.from_checkpoint(outputs["model"])
+    explained = explain.explain(predictor, test_split.images[0].numpy())
+    figure = explain.figure(explained)
+    FigureCanvasAgg(figure)
+    display(figure)
+"""
+
 TRAINING_CPU_CHECK = """
     weights = Path(outputs["model"])
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -380,7 +390,7 @@ TRAINING_INSTALL = """
 # What the training notebook imports, and the command (__main__, cli) that it runs through
 # torchrun to start data-parallel processes (NPROC > 1).
 TRAINING_MODULES = [
-    *("train", "ensemble", "plots", "evaluate", "checkpoint", "data", "model"),
+    *("train", "ensemble", "plots", "evaluate", "checkpoint", "data", "model", "explain"),
     *("distributed", "cli", "__main__"),
 ]
 
@@ -388,7 +398,8 @@ TRAINING_MODULES = [
 def training_notebook() -> NotebookNode:
     """notebooks/mnist_training.ipynb: train on a GPU when there is one, save, download."""
     imports = """
-        from mnist_cnn import checkpoint, data, ensemble, evaluate, model, train
+        from mnist_cnn import checkpoint, data, ensemble, evaluate, explain, model, train
+        from mnist_cnn.predict import Predictor
 
         import torch
         from IPython.display import Image, display
@@ -423,6 +434,16 @@ def training_notebook() -> NotebookNode:
         _code(TRAINING_EVALUATE),
         _code('display(Image(filename=report_files["confusion_matrix"]))'),
         _code('display(Image(filename=report_files["misclassified"]))  # the most confident'),
+        _markdown("""
+            ## Look inside
+            How does the network read a digit? `explain.explain` follows one test image
+            through the preprocessing and the network: each preprocessing stage, the 28x28
+            input, an occlusion saliency map (red: the strokes the answer rests on; blue:
+            strokes that speak against it) and the feature maps of the first two convolutions.
+            `mnist-cnn explain IMAGE` draws the same figure for any image, and the
+            repository's beginner's guide, `docs/guide.md`, explains what each part means.
+        """),
+        _code(TRAINING_EXPLAIN),
         _markdown("""
             ## The file loads on a CPU-only machine
             Whatever device trained it, the `.pth` is a plain `state_dict` of CPU tensors, so

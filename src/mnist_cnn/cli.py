@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 from mnist_cnn import __version__
 
 if TYPE_CHECKING:  # the sub-commands import what they run, so that --help stays fast
-    from mnist_cnn.predict import Prediction
+    import numpy as np
+
+    from mnist_cnn.predict import NumberReading, Prediction, Predictor
     from mnist_cnn.train import TrainConfig
 
 # Exit statuses: 0 success, 1 the job failed (bad file, failed check), 2 bad usage
@@ -40,6 +42,7 @@ COMMAND_HELP = {
     "gradio": "serve the Gradio interface: draw or upload a digit",
     "promote": "make a training run's model the one used here (./models/)",
     "ensemble": "combine trained models into one ensemble checkpoint (averaged probabilities)",
+    "explain": "show how the network reads an image: preprocessing, feature maps, saliency",
 }
 
 TRAIN_HELP = {
@@ -625,6 +628,12 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="inference backend (onnx needs the onnx extra)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument(
+        "--number",
+        action="store_true",
+        help="read each image as a whole number (one line of up to 12 digits), digit by "
+        "digit, with a confidence for each",
+    )
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument(
         "--save-inputs",
@@ -801,6 +810,80 @@ def _prediction_line(path: Path, prediction: Prediction) -> str:
     return f"{name}: not sure ({why})  top 3: {top3}"
 
 
+def _number_line(path: Path, reading: NumberReading) -> str:
+    """One line of ``mnist-cnn predict --number`` for a file read as a number.
+
+    ``note.jpg: 2026  (97.1%)  digits: 2 99.9%, 0 99.5%, 2 98.8%, 6 98.9%`` when sure;
+    ``note.jpg: not sure (2026?: <reason>)  digits: ...`` when not.
+    """
+    digits = ", ".join(
+        f"{d.prediction.digit} {100 * d.prediction.confidence:.1f}%"
+        + ("?" if d.prediction.reason is not None else "")
+        for d in reading.digits
+    )
+    name = _shown(path)
+    if reading.reason is None:
+        return f"{name}: {reading.number}  ({100 * reading.confidence:.1f}%)  digits: {digits}"
+    return f"{name}: not sure ({reading.number}?: {reading.reason.message})  digits: {digits}"
+
+
+def _save_input(image: np.ndarray, target: Path, used: set[Path]) -> Path:
+    """Write a 28x28 model input as a PNG at ``target`` (or at ``target``'s name + .png when
+    another file took that name); returns where."""
+    from PIL import Image
+
+    from mnist_cnn import atomic
+
+    if target in used:
+        target = target.with_name(target.name + ".png")
+    used.add(target)
+    picture = Image.fromarray(image, mode="L")
+    atomic.write_with(target, lambda f: picture.save(f, "PNG"))
+    return target
+
+
+def _predict_numbers(
+    args: argparse.Namespace, predictor: Predictor, files: list[_Found]
+) -> tuple[list[dict], int, int]:
+    """``predict --number``: each file read as a whole number, one at a time (each has its
+    own digits). Returns (records, failed, unsure), as the single-digit loop does."""
+    from mnist_cnn.preprocess import ImageError
+
+    out_dir = Path(args.save_inputs) if args.save_inputs else None
+    used: set[Path] = set()
+    records: list[dict] = []
+    failed = unsure = 0
+    for found in files:
+        path = found.path
+        record: dict[str, Any] = {"path": _shown(path, terminal=False)}
+        error = found.error or _file_error(path)
+        if error is None:
+            try:
+                reading = predictor.read_number(path)
+            except ImageError as exc:
+                error = exc.code, str(exc)
+            except OSError as exc:
+                error = _os_error(path, exc)
+        if error is not None:
+            failed += 1
+            code, message = error
+            _say(f"mnist-cnn: error: {_shown(path)}: {message}", sys.stderr)
+            records.append({**record, "error": {"code": code, "message": message}})
+            continue
+        record.update(reading.to_dict())
+        unsure += reading.reason is not None
+        if out_dir is not None:
+            # a/2026.jpg -> DIR/a/2026-1.png, DIR/a/2026-2.png, ...: one per digit.
+            for k, (digit, d) in enumerate(zip(record["digits"], reading.digits, strict=True)):
+                target = out_dir / found.rel.with_name(f"{found.rel.stem}-{k + 1}.png")
+                where = _save_input(d.prediction.model_input, target, used)
+                digit["model_input"] = _shown(where, terminal=False)
+        records.append(record)
+        if not args.json:
+            _say(_number_line(path, reading))
+    return records, failed, unsure
+
+
 def _predict(args: argparse.Namespace) -> int:
     import json
 
@@ -836,8 +919,10 @@ def _predict(args: argparse.Namespace) -> int:
     results: list[dict] = []
     failed = 0
     unsure = 0  # "not sure" is an answer, not a failure: it does not change the exit status
+    if args.number:
+        results, failed, unsure = _predict_numbers(args, predictor, files)
 
-    for start in range(0, len(files), args.batch_size):
+    for start in range(0, 0 if args.number else len(files), args.batch_size):
         # Records stay in the order of the files; errors are also reported on stderr.
         records: list[dict] = []
         batch, inputs = [], []
@@ -899,6 +984,103 @@ def _predict(args: argparse.Namespace) -> int:
         summary = f"{len(results) - failed} predicted, {failed} failed"
         print(summary + (f", {unsure} not sure" if unsure else ""), file=sys.stderr)
     return EXIT_FAILED if failed else 0
+
+
+def _add_explain_parser(sub: argparse._SubParsersAction) -> None:
+    from mnist_cnn.preprocess import MAX_PIXELS
+
+    p = sub.add_parser(
+        "explain",
+        help=COMMAND_HELP["explain"],
+        description="Follow one image through the preprocessing and the network and draw it "
+        "all in one figure: the image, each preprocessing stage, the 28x28 input, the feature "
+        "maps of the first two convolutions, an occlusion saliency map (which strokes the "
+        "answer rests on) and the probabilities. --json prints the same data. With --figures, "
+        "write the figures of the beginner's guide (docs/guide.md) instead.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="the image to explain")
+    p.add_argument(
+        "--out",
+        metavar="FIG.png",
+        default=None,
+        help="where to write the figure (default: IMAGE's name + '-explained.png' here; "
+        "none with --json unless given)",
+    )
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON on stdout")
+    p.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    p.add_argument(
+        "--figures",
+        metavar="DIR",
+        default=None,
+        help="instead of one image: write the guide's figures into DIR, from the model, its "
+        "training history and the MNIST test set (make docs: docs/img)",
+    )
+    p.add_argument(
+        "--photo",
+        default=None,
+        help="with --figures: the example photo (default: DIR/example-photo.jpg)",
+    )
+    p.add_argument("--data-dir", default=None, help=TRAIN_HELP["data_dir"])
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="refuse images with more pixels (checked before decoding)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_train_option_type("threads"),
+        default=0,
+        help="CPU threads (0: one per core)",
+    )
+    p.set_defaults(handler=_explain, parser=p)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from mnist_cnn.checkpoint import CheckpointError
+    from mnist_cnn.data import DatasetError
+    from mnist_cnn.preprocess import ImageError
+
+    if (args.image is None) == (args.figures is None):
+        args.parser.error("give one IMAGE to explain, or --figures DIR (not both)")
+    _use_threads(args.threads)
+    try:
+        model = _model_path(getattr(args, "model", None))
+        if args.figures is not None:
+            from mnist_cnn.figures import write_guide_figures
+
+            for path in write_guide_figures(args.figures, model, args.data_dir, args.photo):
+                print(f"wrote {path}")
+            return 0
+        from mnist_cnn import explain, plots
+        from mnist_cnn.predict import Predictor
+
+        predictor = Predictor.from_checkpoint(model, max_pixels=args.max_pixels, tta=args.tta)
+        if (error := _file_error(args.image)) is not None:
+            return _fail(f"{_shown(args.image)}: {error[1]}")
+        explanation = explain.explain(predictor, args.image)
+        out = args.out
+        if out is None and not args.json:
+            out = f"{Path(args.image).stem}-explained.png"
+        if out is not None:
+            plots.save_figure(explain.figure(explanation), out)
+    except (CheckpointError, DatasetError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    except ImageError as exc:
+        return _fail(f"{_shown(args.image)}: {exc}")
+    except OSError as exc:  # unreadable image, unwritable figure (atomic.WriteError)
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(explanation.to_dict()))
+    else:
+        _say(_prediction_line(Path(args.image), explanation.prediction))
+    if out is not None:
+        print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
+    return 0
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -1042,6 +1224,7 @@ PARSERS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "evaluate": _add_evaluate_parser,
     "download": _add_download_parser,
     "predict": _add_predict_parser,
+    "explain": _add_explain_parser,
     "export": _add_export_parser,
     "serve": _add_serve_parser,
     "gradio": _add_gradio_parser,

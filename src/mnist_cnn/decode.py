@@ -365,9 +365,10 @@ def _check_budget(img: Image.Image) -> None:
         )
 
 
-def _decode(img: Image.Image, max_pixels: int, max_side: int | None, owned: bool = True) -> Decoded:
+def _load(img: Image.Image, max_pixels: int, max_side: int | None) -> None:
+    """Decode the first frame of an opened image, refusing what is too large to decode
+    (from the header, before any pixel is decoded) or corrupt."""
     _check_pixels(img.width, img.height, max_pixels)
-    full_width = img.width
     _draft(img, max_side)
     _check_budget(img)
     try:
@@ -381,6 +382,11 @@ def _decode(img: Image.Image, max_pixels: int, max_side: int | None, owned: bool
         raise UnsupportedImageError(
             f"the image data is corrupt or truncated ({str(exc) or type(exc).__name__})"
         ) from exc
+
+
+def _decode(img: Image.Image, max_pixels: int, max_side: int | None, owned: bool = True) -> Decoded:
+    full_width = img.width
+    _load(img, max_pixels, max_side)
     try:
         if max_side and img.width * img.height > TILED_ABOVE_PIXELS:
             # Far more pixels than wanted: average k x k blocks, a tile at a time, keeping
@@ -527,3 +533,56 @@ def decode(
     raise TypeError(
         f"an image must be a path, bytes, a PIL image or a NumPy array, not {type(source).__name__}"
     )
+
+
+def preview(source: ImageSource, max_pixels: int = MAX_PIXELS, side: int = 320) -> np.ndarray:
+    """The image as a person sees it, for display: uint8 RGB (H, W, 3) with the longest side
+    at most ``side``, upright (EXIF), transparency over white. The same sources and the same
+    refusals as ``decode`` (an array is shown as the gray ``decode`` reads from it)."""
+    if isinstance(source, np.ndarray):
+        rgb = _rgb8(
+            Image.fromarray(np.round(_array_to_gray(source, max_pixels) * 255).astype(np.uint8))
+        )
+    elif isinstance(source, Image.Image):
+        img = source.copy()
+        _load(img, max_pixels, side)
+        rgb = _rgb8(_shrunk(ImageOps.exif_transpose(img), side))
+    elif isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike)):
+        if isinstance(source, (str, os.PathLike)):
+            opened: io.BufferedIOBase | io.BytesIO = _open_path(source)
+        else:
+            if not bytes(source):
+                raise UnsupportedImageError("the file is empty")
+            opened = io.BytesIO(bytes(source))
+        with opened as f, _open(f, "the image", max_pixels) as img:
+            _load(img, max_pixels, side)
+            try:
+                rgb = _rgb8(_shrunk(ImageOps.exif_transpose(img), side))
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise UnsupportedImageError(f"could not read the image ({exc})") from exc
+    else:
+        kind = type(source).__name__
+        raise TypeError(f"an image must be a path, bytes, a PIL image or a NumPy array, not {kind}")
+    shown = Image.fromarray(rgb, mode="RGB")
+    shown.thumbnail((side, side), Image.Resampling.BOX)
+    return np.asarray(shown)
+
+
+def _shrunk(img: Image.Image, side: int) -> Image.Image:
+    """``img`` with its longest side at most ``side``, shrunk before any conversion so that
+    no full-size copy is made (Pillow resizes these modes with their alpha premultiplied)."""
+    if max(img.size) > side and img.mode in ("L", "LA", "RGB", "RGBA"):
+        img.thumbnail((side, side), Image.Resampling.BOX)
+    return img
+
+
+def _rgb8(img: Image.Image) -> np.ndarray:
+    """Any decoded Pillow image -> uint8 RGB, transparency composited onto white and other
+    modes (16-bit, float, CMYK...) through the gray that ``decode`` reads from them."""
+    if img.mode in ("RGB", "RGBA", "P", "LA", "L", "PA", "La", "RGBa", "1", "CMYK", "YCbCr"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        rgb = rgba[:, :, :3] * rgba[:, :, 3:] + (1.0 - rgba[:, :, 3:])
+    else:
+        gray = _pil_to_gray(img)
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    return np.round(rgb * 255).astype(np.uint8)

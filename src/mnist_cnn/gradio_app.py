@@ -10,6 +10,11 @@ an image that the notebooks and tests call directly: the ten class probabilities
 one-line message. Images that hold no digit or are not images at all get that message, never
 a traceback.
 
+Its "Look inside" accordion comes from ``look_inside`` (``mnist_cnn.explain``, as the web
+page's panel): the preprocessing's stages, the occlusion saliency over the model's input and
+the first two layers' feature maps, as captioned pictures. It is computed after each answer
+(a few hundred forward passes, a fraction of a second), once the answer is on screen.
+
 Gradio is an optional extra (``pip install ".[gradio]"``). It is imported only inside
 ``build_interface`` and ``launch``, and no module of the package imports this one (the CLI
 does when its ``gradio`` command runs), so ``import mnist_cnn`` never pulls Gradio in.
@@ -46,10 +51,22 @@ CANVAS_SIZE = 280
 BRUSH_SIZE = 10
 
 EMPTY_MESSAGE = "Draw a digit on the canvas, or upload a photo of one."
+# The accordion's explanation; {patch} is the occlusion's patch side (``explain.PATCH``).
+INSIDE_HELP = (
+    "How the image became the model's 28×28 input, step by step; what the answer rests on "
+    "(each {patch}×{patch} patch of the input erased in turn: red where the odds of the "
+    "answer fall without it, blue where they rise); and the feature maps of the network's "
+    "first two convolutions."
+)
+# "Look inside" pictures smaller than this on their longest side (the 20x20 fit, the 28x28
+# input) are enlarged by a whole factor with nearest-neighbour sampling: the gallery would
+# otherwise blur them as it scales them up.
+INSIDE_MIN_SIDE = 140
 # A "not sure" message names the runner-up when it has at least this probability.
 RUNNER_UP_MIN = 0.05
 
 Outputs = tuple[dict[str, float] | None, np.ndarray | None, str]
+Pictures = list[tuple[np.ndarray, str]]  # (uint8 image, caption), as gr.Gallery takes them
 
 
 def import_gradio() -> ModuleType:
@@ -177,20 +194,85 @@ def _describe(prediction: Prediction) -> str:
     return f"**Not sure**: this looks most like {likely}. {_sentence(prediction.reason.message)}"
 
 
+def _enlarged(image: np.ndarray, min_side: int = INSIDE_MIN_SIDE) -> np.ndarray:
+    """``image`` as uint8, enlarged by the smallest whole factor that brings its longest
+    side to ``min_side`` (unchanged when it is that long already)."""
+    from mnist_cnn.explain import enlarge, to_uint8
+
+    pixels = to_uint8(image)
+    longest = max(pixels.shape[:2])
+    if longest == 0 or longest >= min_side:
+        return pixels
+    return enlarge(pixels, -(-min_side // longest))
+
+
+def look_inside(predictor: Predictor, image: Any) -> tuple[Pictures | None, str]:
+    """What the "Look inside" accordion shows for ``image``: (captioned pictures, legend).
+
+    The pictures are the image as given and each preprocessing stage (the last is the
+    model's input), the occlusion saliency over the input (red: evidence for the answer,
+    blue: against), then the feature maps of the first two convolutions as grids (left out
+    with ONNX Runtime). The legend (Markdown) names the answer's digit. Takes what
+    ``classify`` takes; when there is nothing to explain (no image, no digit, not an image)
+    it is ``(None, "")``: ``classify``'s message already says why. A large image file is
+    shown as given in gray (``explain.PREVIEW_MAX_DECODE_BYTES``).
+    """
+    from mnist_cnn.explain import STAGE_LABELS, enlarge, explain, grid, overlay
+
+    image = _unwrap(image)
+    if image is None:
+        return None, ""
+    try:
+        explanation = explain(predictor, image)
+    except (ImageError, OSError):
+        return None, ""
+    digit = explanation.prediction.digit
+    model_input = explanation.prediction.model_input
+    pictures: Pictures = [(_enlarged(explanation.original), STAGE_LABELS["original"])]
+    pictures += [
+        (_enlarged(stage), STAGE_LABELS.get(name, name))
+        for name, stage in explanation.stages.items()
+    ]
+    # The last stage is the model's input; the saliency is drawn over it, as large as the
+    # interface shows the input itself.
+    saliency = overlay(model_input, explanation.saliency, scale=DISPLAY_SCALE)
+    pictures.append((saliency, f"saliency for {digit}: red for, blue against"))
+    for name, maps in explanation.activations.items():
+        channels, height, width = maps.shape
+        # Tiles of 28 pixels doubled, of 14 tripled: each map about 50 pixels across.
+        factor = 2 if height >= 28 else 3
+        caption = f"{name}: {channels} feature maps of {height}×{width}"
+        pictures.append((enlarge(grid(maps), factor), caption))
+    legend = (
+        f"**Saliency**: red is ink that is evidence for **{digit}** (erasing it lowers the "
+        f"odds of {digit}), blue is ink that is evidence against it."
+    )
+    if not explanation.activations:
+        legend += " The feature maps need the PyTorch backend."
+    return pictures, legend
+
+
 # --------------------------------------------------------------------------- the interface
 
 
 def build_interface(predictor: Predictor, title: str = "Handwritten digit recogniser") -> gr.Blocks:
-    """A ``gr.Blocks`` with a sketchpad and an upload box, both answered by ``classify``.
+    """A ``gr.Blocks`` with a sketchpad and an upload box, both answered by ``classify``,
+    and a "Look inside" accordion filled by ``look_inside`` after each answer.
 
     Two API endpoints serve the two inputs: ``/classify_drawing`` (a Sketchpad value) and
-    ``/classify_upload`` (an image file). Analytics are off, so nothing leaves the machine
-    unless a share link is asked for.
+    ``/classify_upload`` (an image file); ``/look_inside_drawing`` and
+    ``/look_inside_upload`` give the look inside (a gallery of captioned pictures and a
+    legend). Analytics are off, so nothing leaves the machine unless a share link is asked
+    for.
     """
     gr = import_gradio()
+    from mnist_cnn.explain import PATCH
 
     def run(image: Any) -> Outputs:
         return classify(predictor, image, scale=DISPLAY_SCALE)
+
+    def run_inside(image: Any) -> tuple[Pictures | None, str]:
+        return look_inside(predictor, image)
 
     info = predictor.info
     accuracy = info.test_accuracy
@@ -239,14 +321,39 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
                     elem_id="model-input",
                 )
                 message = gr.Markdown(EMPTY_MESSAGE, label="Result")
+        with gr.Accordion("Look inside", open=False, elem_id="look-inside"):
+            gr.Markdown(INSIDE_HELP.format(patch=PATCH))
+            inside = gr.Gallery(
+                label="From your image to the answer",
+                format="png",  # lossless: the pixels as the model had them
+                columns=5,
+                height="auto",
+                object_fit="contain",
+                interactive=False,
+                elem_id="inside-gallery",
+            )
+            legend = gr.Markdown("", label="Legend")
         outputs = [label, model_input, message]
         # preprocess=False: the Predictor decodes the files itself (see _unwrap).
         events = {"fn": run, "outputs": outputs, "preprocess": False}
-        draw_button.click(inputs=sketch, api_name="classify_drawing", **events)
-        upload_button.click(inputs=upload, api_name="classify_upload", **events)
+        # The look inside follows each answer (``then``): the answer is on screen first.
+        inside_events = {"fn": run_inside, "outputs": [inside, legend], "preprocess": False}
+        draw_button.click(inputs=sketch, api_name="classify_drawing", **events).then(
+            inputs=sketch, api_name="look_inside_drawing", **inside_events
+        )
+        upload_button.click(inputs=upload, api_name="classify_upload", **events).then(
+            inputs=upload, api_name="look_inside_upload", **inside_events
+        )
         # A new upload is answered at once, without waiting for the button.
-        upload.upload(inputs=upload, api_visibility="private", **events)
-        sketch.clear(lambda: (None, None, EMPTY_MESSAGE), None, outputs, api_visibility="private")
+        upload.upload(inputs=upload, api_visibility="private", **events).then(
+            inputs=upload, api_visibility="private", **inside_events
+        )
+        sketch.clear(
+            lambda: (None, None, EMPTY_MESSAGE, None, ""),
+            None,
+            [*outputs, inside, legend],
+            api_visibility="private",
+        )
     return demo
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -115,6 +115,12 @@ LINE_FAMILY_SPAN = 0.4
 # A line to remove spans at least this fraction of the page (or sheet) it lies on: ruled
 # and grid lines cross the whole page, a "1" in a tight crop does not reach both edges.
 LINE_SPAN = 0.7
+
+# What ``locate(gray, stages)`` records, in order: the working grayscale copy; the ink after
+# the background, the desk and the ruled lines are taken out (at analysis resolution); the
+# pieces kept as the digit; the digit's box at working resolution; the longest side fitted
+# into 20 pixels with MNIST's stroke width; the 28x28 field, centred by mass.
+STAGES = ("grayscale", "cleaned", "digit", "cropped", "fitted", "centred")
 
 
 @dataclass(frozen=True)
@@ -1015,10 +1021,13 @@ def _fit_box(digit: np.ndarray) -> np.ndarray:
 def _place(small: np.ndarray) -> np.ndarray:
     """Place a digit in the 28x28 field with its centre of mass at MNIST's centre."""
     h, w = small.shape
-    m = cv2.moments(small)
-    if m["m00"] <= 0:
+    # The centre of mass in NumPy, not cv2.moments: OpenCV reads an array of shape (N, 2)
+    # (a thin "1" fitted into 20x2) as N points of a contour, whose "mass" is its area, 0.
+    total = float(small.sum())
+    if total <= 0:
         raise NoDigitError("no digit found: the image is blank")
-    cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
+    cy = float(small.sum(axis=1) @ np.arange(h, dtype=np.float32)) / total
+    cx = float(small.sum(axis=0) @ np.arange(w, dtype=np.float32)) / total
     # Integer shifts, as MNIST was made (no extra blur); clamped so nothing is cut off.
     top = min(max(round(MNIST_CENTRE[0] - cy), 0), FIELD - h)
     left = min(max(round(MNIST_CENTRE[1] - cx), 0), FIELD - w)
@@ -1041,10 +1050,53 @@ def frame(ink: np.ndarray) -> np.ndarray:
     return _place(_fit_box(ink[y : y + h, x : x + w]))
 
 
-def locate(gray: np.ndarray) -> Located:
-    """Find the digit in a grayscale float (H, W) image in [0, 1] and make the model input.
+@dataclass(frozen=True)
+class Cleaned:
+    """A grayscale image's ink, cleaned: background, desk, shade and ruled lines taken out.
 
-    Raises ``NoDigitError`` when the image is blank or holds nothing digit-sized, and
+    The analysis runs on ``ink`` (a half-size copy of the working image when ``factor`` is
+    2); ``work_ink`` and ``work_mask`` bring a box of it back to the working resolution,
+    where the model's input is drawn. Shared by ``locate`` (one digit) and
+    ``mnist_cnn.segment`` (a number).
+    """
+
+    shape: tuple[int, int]  # (H, W) of the input
+    gray: np.ndarray  # float32 (h, w): the working copy, longest side at most the work side
+    scale: float  # working pixels per pixel of the input (1.0: the input itself)
+    factor: int  # working pixels per analysed pixel: 2, or 1 for small images
+    ink: np.ndarray  # float32 (h // factor, w // factor) in [0, 1], white ink on black
+    weak: np.ndarray  # bool, ink's shape: ink above WEAK_INK, without the ruled lines
+    lines: np.ndarray | None  # bool, ink's shape: the ruled lines removed (None: none)
+    sheet: np.ndarray | None  # bool, ink's shape: the sheet of paper on a desk (None: none)
+    dark_ink: bool  # the polarity found: dark ink on a light background
+    levels: _Ink = field(repr=False)  # how gray levels become ink (background, floor, solid)
+
+    def work_ink(self, rows: slice, cols: slice) -> np.ndarray:
+        """The ink (float32 in [0, 1]) of the working image over ``rows`` x ``cols``, against
+        the background enlarged to the working resolution over that box alone."""
+        h, w = self.gray.shape
+        if self.factor > 1:
+            background = _enlarged(self.levels.background, h, w, rows, cols)
+        else:
+            background = self.levels.background[rows, cols]
+        return self.levels.apply(self.gray[rows, cols], background)
+
+    def work_mask(self, mask: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        """A mask of the analysed image's shape, at working resolution over ``rows`` x
+        ``cols`` (nearest neighbour, as ``cv2.resize`` would enlarge it)."""
+        if self.factor == 1:
+            return mask[rows, cols]
+        (h, w), (sh, sw) = self.gray.shape, self.ink.shape
+        return mask[_nearest(h, sh, rows.start, rows.stop)][
+            :, _nearest(w, sw, cols.start, cols.stop)
+        ]
+
+
+def clean(gray: np.ndarray, work_side: int = WORK_SIDE) -> Cleaned:
+    """The cleaned ink of a grayscale float (H, W) image in [0, 1] (steps 1 to 4 of the
+    module's docstring), worked on at most ``work_side`` pixels on its longest side.
+
+    Raises ``NoDigitError`` when nothing stands out from the background, and
     ``UnsupportedImageError`` for an array that is not a 2-D image.
     """
     gray = np.asarray(gray, dtype=np.float32)
@@ -1053,8 +1105,8 @@ def locate(gray: np.ndarray) -> Located:
     gray = np.ascontiguousarray(gray)  # for OpenCV (a copy only of a strided view)
     h0, w0 = gray.shape
     scale = 1.0
-    if max(h0, w0) > WORK_SIDE:
-        scale = WORK_SIDE / max(h0, w0)
+    if max(h0, w0) > work_side:
+        scale = work_side / max(h0, w0)
         gray = _resize(gray, max(1, round(h0 * scale)), max(1, round(w0 * scale)))
     # One pass for both extremes (exact: float32 values, subtracted in float32 as before).
     lowest, highest, _, _ = cv2.minMaxLoc(gray)
@@ -1086,7 +1138,30 @@ def locate(gray: np.ndarray) -> Located:
     lines = None  # a tight crop (an MNIST digit) has no ruled paper to remove
     if f > 1:
         weak, lines = _remove_lines(weak, ink_small > FAINT_INK, sheet)
+    return Cleaned((h0, w0), gray, scale, f, ink_small, weak, lines, sheet, levels.dark_ink, levels)
+
+
+def locate(gray: np.ndarray, stages: dict[str, np.ndarray] | None = None) -> Located:
+    """Find the digit in a grayscale float (H, W) image in [0, 1] and make the model input.
+
+    ``stages``, when given, receives the intermediate images (float, in [0, 1]; ink white on
+    black after the first) under the names of ``STAGES``, for ``mnist-cnn explain`` and the
+    page's "look inside"; without it nothing extra is computed.
+
+    Raises ``NoDigitError`` when the image is blank or holds nothing digit-sized, and
+    ``UnsupportedImageError`` for an array that is not a 2-D image.
+    """
+    cleaned = clean(gray)
+    gray, scale, f = cleaned.gray, cleaned.scale, cleaned.factor
+    ink_small, weak, lines, sheet = cleaned.ink, cleaned.weak, cleaned.lines, cleaned.sheet
+    h0, w0 = cleaned.shape
+    h, w = gray.shape
+    sh, sw = ink_small.shape
+    if stages is not None:
+        stages["grayscale"] = gray
     keep, marks = _keep_digit(ink_small, weak, sheet)
+    if stages is not None:
+        stages["cleaned"] = ink_small if lines is None else np.where(lines, 0.0, ink_small)
     # Bounding rectangles come from OpenCV: np.nonzero lists every pixel only for the
     # extremes to be taken.
     _, _, kw, kh = cv2.boundingRect(keep.view(np.uint8))
@@ -1096,29 +1171,29 @@ def locate(gray: np.ndarray) -> Located:
     kept = cv2.dilate(keep.view(np.uint8), _square(3))
     if lines is not None:
         kept[lines] = 0
+    if stages is not None:
+        stages["digit"] = stages["cleaned"] * kept
     kx, ky, kw, kh = cv2.boundingRect(kept)
     # The box at full working resolution, one analysed pixel wider on each side.
     r0, r1 = max(0, (ky - 1) * f), min(h, (ky + kh + 1) * f)
     c0, c1 = max(0, (kx - 1) * f), min(w, (kx + kw + 1) * f)
-    if f > 1:
-        # The background and the mask at full resolution over the box alone.
-        background = _enlarged(levels.background, h, w, slice(r0, r1), slice(c0, c1))
-        kept = kept[_nearest(h, sh, r0, r1)][:, _nearest(w, sw, c0, c1)]
-    else:
-        background, kept = levels.background[r0:r1, c0:c1], kept[r0:r1, c0:c1]
-    ink = levels.apply(gray[r0:r1, c0:c1], background)
-    ink *= kept
+    # The background and the mask at full resolution over the box alone.
+    ink = cleaned.work_ink(slice(r0, r1), slice(c0, c1))
+    ink *= cleaned.work_mask(kept, slice(r0, r1), slice(c0, c1))
     x, y, iw, ih = cv2.boundingRect((ink > 0.05).view(np.uint8))
     if iw == 0:
         raise NoDigitError("no digit found: the image is blank")
-    field = _place(_fit_box(ink[y : y + ih, x : x + iw]))  # ``frame``, its rectangle known
+    fitted = _fit_box(ink[y : y + ih, x : x + iw])
+    field = _place(fitted)  # ``frame``, its rectangle known
+    if stages is not None:
+        stages.update(cropped=ink[y : y + ih, x : x + iw], fitted=fitted, centred=field)
     box = (
         int((c0 + x) / scale),
         int((r0 + y) / scale),
         min(w0, math.ceil((c0 + x + iw) / scale)),
         min(h0, math.ceil((r0 + y + ih) / scale)),
     )
-    return Located(_to_u8(field), box, marks, levels.dark_ink)
+    return Located(_to_u8(field), box, marks, cleaned.dark_ink)
 
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:

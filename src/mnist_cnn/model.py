@@ -183,9 +183,14 @@ class ShiftTTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, 28, 28) normalised images -> (N, 10) log of the mean probabilities."""
-        n = x.shape[0]
-        copies = torch.cat([torch.roll(x, shifts=s, dims=(2, 3)) for s in self.shifts])
-        logp = F.log_softmax(self.model(copies).float(), dim=1).reshape(len(self.shifts), n, -1)
+        # One shift at a time: a batch stays the size the caller chose (``logits_of``'s chunks
+        # keep each layer's activations in cache; five times the batch would not).
+        logp = torch.stack(
+            [
+                F.log_softmax(self.model(torch.roll(x, shifts=s, dims=(2, 3))).float(), dim=1)
+                for s in self.shifts
+            ]
+        )
         return torch.logsumexp(logp, dim=0) - math.log(len(self.shifts))
 
 

@@ -3,6 +3,8 @@
     predictor = Predictor.from_checkpoint()          # the shipped model
     p = predictor.predict("photo.jpg")               # a path, bytes, a PIL image or an array
     p.digit, p.confidence, p.top3, p.model_input     # model_input: the 28x28 the model saw
+    r = predictor.read_number("2026.jpg")            # a whole number, digit by digit
+    r.number, r.confidence, r.status, r.digits[0].prediction, r.digits[0].box
 
 Weights load through ``checkpoint.load_model`` (``torch.load(weights_only=True)``), so a
 bad checkpoint is a ``CheckpointError`` and a pickle that would run code is refused. The
@@ -39,7 +41,16 @@ from mnist_cnn.checkpoint import (
 )
 from mnist_cnn.extras import install_hint
 from mnist_cnn.model import MNIST_MEAN, MNIST_STD, NUM_CLASSES, logits_of
-from mnist_cnn.preprocess import MAX_PIXELS, ImageSource, Located, normalise, prepare
+from mnist_cnn.preprocess import (
+    MAX_PIXELS,
+    ImageSource,
+    Located,
+    NoDigitError,
+    decode,
+    normalise,
+    prepare,
+)
+from mnist_cnn.segment import NUMBER_WORK_SIDE, segment
 from mnist_cnn.unsure import Unsure, UnsurePolicy, assess
 
 BACKENDS = ("torch", "onnx")
@@ -50,6 +61,9 @@ BACKENDS = ("torch", "onnx")
 # answer, not an error.
 OK = "ok"
 UNSURE = "unsure"
+# A number's reason code when the digits' segmentation itself is doubtful (touching digits
+# parted where it is uncertain, marks left out, more than one line or too many digits).
+SEGMENTATION = "segmentation"
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,65 @@ class Prediction:
             "probabilities": [round(p, 6) for p in self.probabilities],
             "top3": [{"digit": d, "probability": round(p, 6)} for d, p in self.top3],
         }
+
+
+@dataclass(frozen=True)
+class NumberDigit:
+    """One digit of a number: what the model thinks of it and where it is."""
+
+    prediction: Prediction
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in the image's pixels, end exclusive
+
+    def to_dict(self) -> dict[str, Any]:
+        """The prediction's ``to_dict`` with the digit's ``box``."""
+        return {**self.prediction.to_dict(), "box": list(self.box)}
+
+
+@dataclass(frozen=True)
+class NumberReading:
+    """A whole number read digit by digit, left to right (``Predictor.read_number``)."""
+
+    digits: tuple[NumberDigit, ...]
+    number: str  # the digits as a string: "2026"
+    # The product of the digits' confidences: the model's probability that every digit is
+    # right, if its answers were independent (the segmentation's own doubt is not in it).
+    confidence: float
+    reason: Unsure | None = None  # None: every digit and the segmentation are sure
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, or ``"unsure"`` when a digit is unsure or the segmentation doubtful."""
+        return OK if self.reason is None else UNSURE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: number, confidence, status, reason and each digit's ``to_dict``."""
+        return {
+            "number": self.number,
+            "confidence": round(self.confidence, 6),
+            "status": self.status,
+            "reason": None if self.reason is None else self.reason.to_dict(),
+            "digits": [d.to_dict() for d in self.digits],
+        }
+
+
+def _number_reading(digits: Sequence[NumberDigit], doubts: Sequence[str]) -> NumberReading:
+    """The reading of ``digits``: unsure with the segmentation's first doubt, else with
+    the first unsure digit's reason (saying which digit)."""
+    reason = None
+    if doubts:
+        reason = Unsure(SEGMENTATION, doubts[0])
+    else:
+        for k, d in enumerate(digits, 1):
+            if d.prediction.reason is not None:
+                why = d.prediction.reason
+                reason = Unsure(why.code, f"Digit {k} of {len(digits)}: {why.message}")
+                break
+    return NumberReading(
+        digits=tuple(digits),
+        number="".join(str(d.prediction.digit) for d in digits),
+        confidence=float(np.prod([d.prediction.confidence for d in digits])),
+        reason=reason,
+    )
 
 
 def _predictions(
@@ -117,8 +190,12 @@ class Predictor:
         info: ModelInfo,
         max_pixels: int = MAX_PIXELS,
         policy: UnsurePolicy | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
         self._forward = forward
+        # The network itself when PyTorch runs it (None for ONNX Runtime): ``explain``
+        # reads its layers.
+        self.model = model
         self.info = info
         self.max_pixels = max_pixels
         # When to answer "not sure"; the checkpoint's own calibration, or never.
@@ -154,7 +231,9 @@ class Predictor:
             raise CheckpointError(f"{path}: an ONNX model needs backend='onnx'.")
         loaded = load_model(path, tta=tta)  # eval mode, channels-last weights
         model = loaded.model
-        return cls(lambda x: logits_of(model, x), loaded.info, max_pixels, _policy(loaded.info))
+        return cls(
+            lambda x: logits_of(model, x), loaded.info, max_pixels, _policy(loaded.info), model
+        )
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None, max_pixels: int, tta: bool) -> Predictor:
@@ -199,10 +278,10 @@ class Predictor:
         """The uint8 (28, 28) image the model sees for ``image``. Raises ``ImageError``."""
         return self.locate(image).image
 
-    def locate(self, image: ImageSource) -> Located:
-        """The located digit of ``image`` (its 28x28 input, box and marks). Raises
-        ``ImageError``."""
-        return prepare(image, self.max_pixels)
+    def locate(self, image: ImageSource, stages: dict[str, np.ndarray] | None = None) -> Located:
+        """The located digit of ``image`` (its 28x28 input, box and marks); ``stages``
+        receives the preprocessing's intermediate images. Raises ``ImageError``."""
+        return prepare(image, self.max_pixels, stages)
 
     def predict_inputs(
         self, inputs: np.ndarray, marks: Sequence[int] | None = None
@@ -235,6 +314,45 @@ class Predictor:
         ``NoDigitError``.
         """
         return self.predict_located([self.locate(image)])[0]
+
+    def read_number(self, image: ImageSource) -> NumberReading:
+        """Read the whole number written in ``image`` (a single line of up to
+        ``segment.MAX_DIGITS`` digits), digit by digit, left to right (``mnist_cnn.segment``).
+
+        Each digit is normalised exactly as a single digit is; touching digits are parted
+        where the model reads both halves best. An image with one digit goes through the
+        single-digit path (``locate``, as ``predict``) unchanged. The reading is "unsure"
+        when a digit is, or when the segmentation is doubtful (reason code
+        ``"segmentation"``). Raises the ``ImageError`` subclasses, as ``predict``.
+        """
+        decoded = decode(image, self.max_pixels, max_side=NUMBER_WORK_SIDE)
+        try:
+            found = segment(decoded.gray, self.one_digit_scores)
+        except NoDigitError:
+            found = None  # the single-digit path decides (it raises its own error)
+        if found is None or len(found.digits) <= 1:
+            located = self.locate(image)
+            prediction = self.predict_located([located])[0]
+            doubts = () if found is None else found.doubts
+            return _number_reading([NumberDigit(prediction, located.box)], doubts)
+        inputs = np.stack([d.image for d in found.digits])
+        # Each input is one segmented digit: one mark (the aspect and loop rules still apply).
+        predictions = self.predict_inputs(inputs, [1] * len(inputs))
+        digits = []
+        for d, p in zip(found.digits, predictions, strict=True):
+            box = d.box
+            if decoded.scale != 1.0:  # in the file's own pixels, not the reduced decode's
+                x0, y0, x1, y1 = (round(v / decoded.scale) for v in box)
+                box = (x0, y0, x1, y1)
+            digits.append(NumberDigit(p, box))
+        return _number_reading(digits, found.doubts)
+
+    def one_digit_scores(self, inputs: np.ndarray) -> np.ndarray:
+        """How much each uint8 (N, 28, 28) input looks like one digit: the model's top
+        probability, (N,) in (0, 1]. ``segment`` chooses cuts between touching digits by it."""
+        inputs = np.asarray(inputs, dtype=np.uint8).reshape(-1, 28, 28)
+        logits = self._forward(normalise(inputs, self.info.mean, self.info.std))
+        return torch.softmax(logits.double(), dim=1).max(dim=1).values.numpy()
 
     def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
         """Classify several images with one batched forward pass.

@@ -25,11 +25,12 @@ from mnist_cnn.decode import (
     decode,
     load_image,
 )
-from mnist_cnn.locate import FIELD, WORK_SIDE, Located, locate, stroke_width, to_mnist
+from mnist_cnn.locate import FIELD, STAGES, WORK_SIDE, Located, locate, stroke_width, to_mnist
 
 __all__ = [
     "FIELD",
     "MAX_PIXELS",
+    "STAGES",
     "WORK_SIDE",
     "Decoded",
     "ImageError",
@@ -48,15 +49,21 @@ __all__ = [
 ]
 
 
-def prepare(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Located:
+def prepare(
+    source: ImageSource,
+    max_pixels: int = MAX_PIXELS,
+    stages: dict[str, np.ndarray] | None = None,
+) -> Located:
     """Any image (a path, bytes, a PIL image or a NumPy array) -> the located digit.
+
+    ``stages``, when given, receives the intermediate images (``locate.STAGES``).
 
     JPEGs are decoded at a reduced scale that still keeps ``WORK_SIDE`` pixels, which is
     all the analysis uses. Raises the ``ImageError`` subclasses: ``UnsupportedImageError``,
     ``ImageTooLargeError`` (over ``max_pixels``, from the header) and ``NoDigitError``.
     """
     decoded = decode(source, max_pixels, max_side=WORK_SIDE)
-    located = locate(decoded.gray)
+    located = locate(decoded.gray, stages)
     if decoded.scale == 1.0:
         return located
     # The box in the file's own pixels, not in those of the reduced decode. (Built directly:

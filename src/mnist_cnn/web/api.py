@@ -1,6 +1,7 @@
-"""The JSON API: ``POST /api/predict``, ``GET /api/health``, ``GET /api/model``.
+"""The JSON API: ``POST /api/predict``, ``POST /api/explain``, ``GET /api/health``,
+``GET /api/model``.
 
-``/api/predict`` reads an image from whichever form the client sends:
+``/api/predict`` (and ``/api/explain``) reads an image from whichever form the client sends:
 
 - ``multipart/form-data`` with a file field ``image`` (a file picker, ``curl -F image=@x.png``),
   or a text field ``image`` holding a data URL (an HTML form around a canvas);
@@ -17,6 +18,24 @@ when the input is probably not one digit or the model cannot tell: "not sure" is
 request we cannot read (any body that is not JSON when it says it is, however it fails to
 parse), 413 for a body over the limit, 415 for what is not an image, 422 for an image
 without a digit or too large to decode, 503 when too many large images are being decoded.
+
+``/api/explain`` takes the same image forms and answers with the same statuses; it is the
+page's "Look inside" panel (``mnist_cnn.explain``), computed only when asked for, so that
+``/api/predict`` costs what it always did (an explanation costs a few hundred forward
+passes). Its answer has the prediction's fields as ``/api/predict`` has them (``digit`` ..
+``top3``, ``input_28x28``), then:
+
+- ``stages``: ``[{"name", "label", "png", "width", "height", "scale"}]``, the image as given
+  (``"original"``; in gray for a large image: ``explain.PREVIEW_MAX_DECODE_BYTES``) and then each
+  preprocessing stage (``preprocess.STAGES``) as a PNG data URL; ``scale`` is the whole
+  factor by which a small stage (the 20x20 fit, the 28x28 input) was enlarged with
+  nearest-neighbour sampling, 1 for the others (at most 320 pixels a side);
+- ``saliency``: ``{"method": "occlusion", "patch", "png", "meaning"}``: the 28x28 input
+  enlarged 8 times, red where its ink is evidence for the answer, blue where against;
+- ``activations``: ``{"conv1": {"png", "shape", "scale"}, "conv2": ...}``, the feature maps
+  of the first two convolutions as one grid of tiles each (left out with ONNX Runtime,
+  which has no layers to read);
+- ``model`` and ``elapsed_ms``, as ``/api/predict`` has them.
 
 A large image (one whose decoding needs more than ``WebConfig.large_decode_bytes``, read
 from its header) is decoded only while it holds one of the process's
@@ -45,6 +64,17 @@ from flask import Blueprint, Request, request
 from PIL import Image
 
 from mnist_cnn.decode import estimate_decode_bytes
+from mnist_cnn.explain import (
+    PATCH,
+    STAGE_LABELS,
+    Explanation,
+    enlarge,
+    explain,
+    grid,
+    overlay,
+    saliency_meaning,
+    to_uint8,
+)
 from mnist_cnn.locate import WORK_SIDE
 from mnist_cnn.web import STEP_ASIDE, AppState, state
 from mnist_cnn.web.errors import ApiError
@@ -54,6 +84,17 @@ log = logging.getLogger("mnist_cnn.web")
 
 # Body types sent as the raw image bytes.
 RAW_IMAGE_TYPES = ("application/octet-stream",)
+
+# The pictures of /api/explain. A stage smaller than STAGE_MIN_SIDE on its longest side (the
+# 20x20 fit, the 28x28 input) is enlarged by a whole factor with nearest-neighbour sampling,
+# so that each pixel the model got is a sharp square, not a blur; one larger than
+# STAGE_MAX_SIDE is shrunk, so that the answer stays small whatever size of working copy
+# the preprocessing records.
+STAGE_MIN_SIDE = 112
+STAGE_MAX_SIDE = 320
+# Activation tiles are enlarged to about this many pixels (2x or 3x: 28x28 maps to 56, 14x14
+# ones to 42); the 32 and 64 tiles of a grid stay within a phone's width at 2x and 3x.
+ACTIVATION_TILE_SIDE = 48
 
 
 def decode_data_url(value: str) -> bytes:
@@ -143,9 +184,11 @@ def read_image(req: Request) -> tuple[bytes, str]:
 
 
 def png_data_url(image: np.ndarray) -> str:
-    """A uint8 grayscale image as a PNG ``data:`` URL."""
+    """A uint8 image as a PNG ``data:`` URL: grayscale (H, W) or RGB (H, W, 3)."""
+    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    mode = "RGB" if pixels.ndim == 3 else "L"
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(buffer, "PNG")
+    Image.fromarray(pixels, mode=mode).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -211,6 +254,95 @@ def predict() -> dict[str, Any]:
             prediction.confidence,
             status,
             top3,
+            body["elapsed_ms"],
+            source,
+            app.model_summary["file"],
+        )
+    return body
+
+
+def stage_picture(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """A stage as shown: uint8, small ones enlarged (see ``STAGE_MIN_SIDE``), large ones
+    shrunk; with the whole factor it was enlarged by (1 when it was not)."""
+    pixels = to_uint8(image)
+    longest = max(pixels.shape[:2])
+    if 0 < longest < STAGE_MIN_SIDE:
+        factor = -(-STAGE_MIN_SIDE // longest)
+        return enlarge(pixels, factor), factor
+    if longest > STAGE_MAX_SIDE:
+        shown = Image.fromarray(pixels)
+        shown.thumbnail((STAGE_MAX_SIDE, STAGE_MAX_SIDE), Image.Resampling.BOX)
+        return np.asarray(shown), 1
+    return pixels, 1
+
+
+def explanation_body(explanation: Explanation) -> dict[str, Any]:
+    """The pictures of an explanation for ``/api/explain``: stages, saliency, activations."""
+    digit = explanation.prediction.digit
+    stages = []
+    pictures = {"original": explanation.original, **explanation.stages}
+    for name, image in pictures.items():
+        shown, factor = stage_picture(image)
+        stages.append(
+            {
+                "name": name,
+                "label": STAGE_LABELS.get(name, name),
+                "png": png_data_url(shown),
+                "width": int(shown.shape[1]),
+                "height": int(shown.shape[0]),
+                "scale": factor,
+            }
+        )
+    body: dict[str, Any] = {
+        "stages": stages,
+        "saliency": {
+            "method": "occlusion",
+            "patch": PATCH,
+            "png": png_data_url(overlay(explanation.prediction.model_input, explanation.saliency)),
+            "meaning": saliency_meaning(digit),
+        },
+    }
+    activations = {}
+    for name, maps in explanation.activations.items():
+        height = maps.shape[1]
+        factor = min(3, max(2, -(-ACTIVATION_TILE_SIDE // height)))
+        activations[name] = {
+            "png": png_data_url(enlarge(grid(maps), factor)),
+            "shape": list(maps.shape),
+            "scale": factor,
+        }
+    if activations:  # empty with ONNX Runtime, which has no layers to read
+        body["activations"] = activations
+    return body
+
+
+@bp.post("/explain", endpoint="explain")
+def explain_image() -> dict[str, Any]:
+    """Classify one image and show why: the preprocessing's stages, the occlusion saliency
+    and the first feature maps (the module docstring lists the fields). The same image
+    forms, errors and large-image slots as ``/api/predict``."""
+    started = time.perf_counter()
+    app = state()
+    data, source = read_image(request)
+    step_aside = request.environ.get(STEP_ASIDE, contextlib.nullcontext)
+    with decode_slot(app, data, step_aside):
+        explanation = explain(app.predictor, data)
+    prediction = explanation.prediction
+    body = prediction.to_dict()
+    body["input_28x28"] = png_data_url(prediction.model_input)
+    body.update(explanation_body(explanation))
+    body["model"] = app.model_summary
+    body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    if app.config.log_predictions:
+        status = prediction.status
+        if prediction.reason is not None:
+            status += f" reason={prediction.reason.code}"
+        # "explanation", not "prediction": counts of predictions in the logs stay what they were.
+        log.info(
+            "explanation digit=%d confidence=%.4f status=%s elapsed_ms=%.1f source=%s model=%s",
+            prediction.digit,
+            prediction.confidence,
+            status,
             body["elapsed_ms"],
             source,
             app.model_summary["file"],

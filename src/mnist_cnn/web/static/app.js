@@ -1,6 +1,7 @@
 // mnist-cnn web page: a drawing pad and an upload area that send images to POST /api/predict,
-// and a result panel that shows what the model thinks. Plain JavaScript, no dependencies,
-// nothing loaded from another origin.
+// a result panel that shows what the model thinks, and a "Look inside" panel that, while open,
+// asks POST /api/explain how it got there. Plain JavaScript, no dependencies, nothing loaded
+// from another origin.
 "use strict";
 
 (() => {
@@ -91,6 +92,7 @@
     }
     metaEl.textContent = defaultMeta;
     hideMessage();
+    resetInside();
   }
 
   // Advice for each reason the server gives for a "not sure" answer; the server's own
@@ -208,6 +210,203 @@
     messageEl.replaceChildren();
   }
 
+  // ------------------------------------------------------------------ look inside
+
+  const inside = $("inside");
+  const insideBody = $("inside-body");
+  const insideStatus = $("inside-status");
+  const insideError = $("inside-error");
+  const insideContent = $("inside-content");
+  const insideStages = $("inside-stages");
+  const insideInput = $("inside-input");
+  const insideSaliency = $("inside-saliency");
+  const insideActivations = $("inside-activations");
+  const legendDigits = Array.from(document.querySelectorAll("#inside-legend .legend-digit"));
+  const insideMethod = $("inside-method");
+  const insideHint = insideStatus.textContent.replace(/\s+/g, " ").trim();
+
+  // What each preprocessing stage shows, for the alt text of its picture (the caption under
+  // it is the server's short label; an unknown stage gets that label).
+  const STAGE_WORDS = {
+    grayscale: "the image in grayscale",
+    cleaned: "the ink left once the background and any ruled lines are taken out, white on black",
+    digit: "only the pieces of ink kept as the digit",
+    cropped: "the digit cropped to its box",
+    fitted: "the digit scaled to fit in 20 by 20 pixels, with strokes as thick as MNIST's",
+    centred: "the digit centred by its mass in the 28 by 28 pixel image the model reads",
+  };
+  const LAYER_WORDS = { conv1: "first", conv2: "second" };
+
+  let asked = null; // {body, headers} of the request whose answer is on screen
+  let insideShows = null; // the `asked` the panel shows (or is fetching)
+  let insideInflight = null; // the AbortController of the /api/explain request in flight
+  let insideSequence = 0; // answers to older explain requests are ignored
+
+  function setInsideStatus(text) {
+    insideStatus.textContent = text;
+  }
+
+  function resetInside() {
+    // Nothing on screen to explain (cleared, or the last request failed).
+    asked = null;
+    insideShows = null;
+    if (insideInflight) insideInflight.abort();
+    insideInflight = null;
+    insideSequence++;
+    insideBody.removeAttribute("aria-busy");
+    insideContent.hidden = true;
+    insideError.hidden = true;
+    insideError.replaceChildren();
+    setInsideStatus(insideHint);
+  }
+
+  function figure(src, alt, caption, { width, height, pixelated }) {
+    const fig = document.createElement("figure");
+    fig.className = "inside-figure";
+    const img = document.createElement("img");
+    img.src = src;
+    img.alt = alt;
+    if (width && height) {
+      img.width = width;
+      img.height = height;
+    }
+    if (pixelated) img.className = "pixelated";
+    const cap = document.createElement("figcaption");
+    cap.textContent = caption;
+    fig.append(img, cap);
+    return fig;
+  }
+
+  function showInside(data) {
+    const stages = data.stages || [];
+    const steps = stages.length - 1;
+    insideStages.replaceChildren(
+      ...stages.map((stage, i) => {
+        const alt =
+          stage.name === "original"
+            ? "Your image, as the server received it"
+            : `Preprocessing step ${i} of ${steps}: ${STAGE_WORDS[stage.name] || stage.label}`;
+        const li = document.createElement("li");
+        li.append(
+          figure(stage.png, alt, stage.label, {
+            width: stage.width,
+            height: stage.height,
+            pixelated: stage.scale > 1,
+          }),
+        );
+        return li;
+      }),
+    );
+    const digit = aDigit(data.digit);
+    insideInput.src = data.input_28x28;
+    insideInput.alt = "The 28 by 28 pixel image the model read";
+    insideSaliency.src = data.saliency.png;
+    insideSaliency.alt =
+      `Occlusion saliency for the answer ${data.digit}: the 28 by 28 input, red where erasing ` +
+      `the ink lowers the odds of ${digit}, blue where it raises them`;
+    insideSaliency.title = sentence(data.saliency.meaning);
+    for (const el of legendDigits) el.textContent = String(data.digit);
+    const patch = data.saliency.patch;
+    insideMethod.textContent =
+      `Each ${patch}×${patch} patch of the input was erased in turn: the more the odds of ` +
+      `${digit} fall without it, the redder it is; blue where erasing it makes ${digit} more likely.`;
+    const layers = Object.entries(data.activations || {});
+    if (layers.length) {
+      insideActivations.replaceChildren(
+        ...layers.map(([name, layer]) => {
+          const [channels, height, width] = layer.shape;
+          const which = LAYER_WORDS[name] ? `the ${LAYER_WORDS[name]} convolution` : "a convolution";
+          const alt =
+            `${name}: the ${channels} feature maps of ${which}, each ${height} by ${width} ` +
+            `pixels, bright where a filter responds to the digit`;
+          return figure(layer.png, alt, `${name}: ${channels} feature maps of ${height}×${width}`, {
+            pixelated: true,
+          });
+        }),
+      );
+    } else {
+      const note = document.createElement("p");
+      note.className = "help";
+      note.textContent = "The feature maps need the PyTorch backend; this server runs ONNX Runtime.";
+      insideActivations.replaceChildren(note);
+    }
+    insideContent.hidden = false;
+  }
+
+  function showInsideError(error) {
+    const text = "Could not look inside the model.";
+    insideError.replaceChildren(document.createTextNode(text));
+    const detail = document.createElement("span");
+    detail.className = "detail";
+    const message = String(error.message || "").trim();
+    detail.textContent = message ? sentence(message) : "";
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "button secondary retry";
+    retry.textContent = "Try again";
+    retry.addEventListener("click", () => refreshInside());
+    insideError.append(detail, retry);
+    insideError.hidden = false;
+    insideContent.hidden = true;
+    setInsideStatus("");
+  }
+
+  async function refreshInside() {
+    if (!asked) {
+      resetInside();
+      return;
+    }
+    if (insideShows === asked) return; // already shown, or on its way
+    if (insideInflight) insideInflight.abort();
+    const controller = new AbortController();
+    insideInflight = controller;
+    const mine = ++insideSequence;
+    const request = asked;
+    insideShows = request;
+    insideBody.setAttribute("aria-busy", "true");
+    insideError.hidden = true;
+    setInsideStatus("Looking inside the model…");
+    try {
+      const response = await fetch("/api/explain", {
+        method: "POST",
+        body: request.body,
+        headers: request.headers,
+        signal: controller.signal,
+      });
+      let data = null;
+      try {
+        data = await response.json();
+      } catch {
+        data = null;
+      }
+      if (mine !== insideSequence) return;
+      if (response.ok && data) {
+        showInside(data);
+        setInsideStatus("");
+      } else {
+        insideShows = null; // so that opening the panel again, or "Try again", asks again
+        showInsideError(
+          (data && data.error) || { message: `The server answered ${response.status} ${response.statusText}.` },
+        );
+      }
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      if (mine === insideSequence) {
+        insideShows = null;
+        showInsideError({ message: `The server could not be reached (${err.message || err}).` });
+      }
+    } finally {
+      if (mine === insideSequence) {
+        insideBody.removeAttribute("aria-busy");
+        insideInflight = null;
+      }
+    }
+  }
+
+  inside.addEventListener("toggle", () => {
+    if (inside.open) refreshInside();
+  });
+
   // ------------------------------------------------------------------ talking to the API
 
   let inflight = null; // the AbortController of the request in flight
@@ -235,6 +434,11 @@
       if (mine !== sequence) return;
       if (response.ok && data) {
         showPrediction(data, { announce });
+        // The panel explains the answer on screen: the same body, sent to /api/explain. Not
+        // in the middle of a stroke: the answer to the finished stroke follows, and each
+        // explanation costs the server far more than a prediction.
+        asked = { body, headers };
+        if (inside.open && !current) refreshInside();
       } else {
         const error = (data && data.error) || {
           code: response.status === 413 ? "too_large" : `http_${response.status}`,
