@@ -27,6 +27,9 @@ from mnist_cnn import data
 from mnist_cnn.paths import SHIPPED_MODEL
 
 if TYPE_CHECKING:
+    from flask import Flask
+    from flask.testing import FlaskClient
+
     from mnist_cnn.predict import Predictor
 
 
@@ -73,6 +76,21 @@ def shipped_predictor() -> Predictor:
     from mnist_cnn.predict import Predictor
 
     return Predictor.from_checkpoint(SHIPPED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def app() -> Flask:
+    """The web app on the shipped model, with the default settings (a module may override
+    it with its own ``app``: another model, other limits)."""
+    from mnist_cnn.web import WebConfig, create_app
+
+    return create_app(WebConfig(model_path=SHIPPED_MODEL))
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A Flask test client of ``app``."""
+    return app.test_client()
 
 
 class SeedCNN(nn.Module):

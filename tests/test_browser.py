@@ -889,3 +889,184 @@ def test_look_inside_fits_a_phone(open_page: Callable[..., tuple[object, object]
     # The stages wrap onto several rows rather than run off the side.
     tops = {round(li.bounding_box()["y"]) for li in page.locator("#inside-stages li").all()}
     assert len(tops) > 1
+
+
+# --------------------------------------------------------------------------- numbers
+
+# A "4" and a "2" written side by side on the wide number pad (fractions of its size), as a
+# hand writes them: each about as wide as a digit is, with a gap between.
+NUMBER_FOUR = [[(0.30, 0.85), (0.30, 0.15), (0.19, 0.6), (0.34, 0.6)]]
+NUMBER_TWO = [[(0.50, 0.3), (0.53, 0.18), (0.58, 0.15), (0.63, 0.2), (0.64, 0.33), (0.50, 0.85),
+               (0.66, 0.85)]]  # fmt: skip
+PAD_SIZE = "() => [document.getElementById('pad').width, document.getElementById('pad').height]"
+
+
+def written_number(text: str, path: Path) -> Path:
+    """A photo-like PNG of ``text`` in OpenCV's stroke font, dark on light paper."""
+    import cv2
+
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 4.0, 12
+    (width, height), _ = cv2.getTextSize(text, font, scale, thickness)
+    image = np.full((240, width + 80), 235, np.uint8)
+    cv2.putText(image, text, (40, (240 + height) // 2), font, scale, 30, thickness)
+    path.write_bytes(png_bytes(image))
+    return path
+
+
+def number_requests(watch: PageWatch) -> list[str]:
+    return [u for u in watch.requests if u.endswith("/api/predict")]
+
+
+def test_number_mode_reads_42_drawn_with_the_mouse(page: tuple[object, PageWatch]) -> None:
+    p, _ = page
+    # The switch is a radio group: the keyboard moves to "Number" with an arrow key.
+    digit_radio, number_radio = (p.get_by_role("radio", name=n) for n in ("Digit", "Number"))
+    expect(digit_radio).to_be_checked()
+    square = p.locator("#pad").bounding_box()
+    digit_radio.focus()
+    p.keyboard.press("ArrowRight")
+    expect(number_radio).to_be_checked()
+    expect(number_radio).to_be_focused()
+    # The pad is three times as wide as it is tall, and wider than the digit pad.
+    assert p.evaluate(PAD_SIZE) == [840, 280]
+    wide = p.locator("#pad").bounding_box()
+    assert wide["width"] == pytest.approx(3 * wide["height"], rel=0.02), wide
+    assert wide["width"] > 1.5 * square["width"]
+    expect(p.locator("#pad-hint")).to_have_text("Write a number here")
+    # Look inside explains one digit: it gives way to a note.
+    expect(p.locator("#inside")).to_be_hidden()
+    expect(p.locator("#inside-note")).to_be_visible()
+
+    with p.expect_request(
+        lambda r: r.url.endswith("/api/predict") and r.post_data_json.get("mode") == "number"
+    ):
+        draw(p, NUMBER_FOUR + NUMBER_TWO)
+    expect(p.locator("#number")).to_have_text("42")
+    expect(p.locator("#number-confidence")).to_contain_text("% sure")
+    expect(p.locator("#digit-result")).to_be_hidden()
+    expect(p.locator("#bars")).to_be_hidden()
+    # One tile per digit: its 28x28 input, the digit and its confidence.
+    tiles = p.locator("#tiles .tile")
+    expect(tiles).to_have_count(2)
+    for i, digit in enumerate("42"):
+        expect(tiles.nth(i).locator(".tile-digit")).to_have_text(digit)
+        expect(tiles.nth(i).locator(".tile-confidence")).to_have_text(re.compile(r"^[\d.]+%$"))
+    p.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#tiles img'))"
+        ".every((img) => img.complete && img.naturalWidth === 28)"
+    )
+    # Each digit's box over the pad, around the strokes of that digit.
+    boxes = p.locator("#pad-boxes .box")
+    expect(boxes).to_have_count(2)
+    pad = p.locator("#pad").bounding_box()
+    for i, strokes in enumerate((NUMBER_FOUR, NUMBER_TWO)):
+        box = boxes.nth(i).bounding_box()
+        for x, y in strokes[0]:
+            px, py = pad["x"] + x * pad["width"], pad["y"] + y * pad["height"]
+            assert box["x"] - 2 <= px <= box["x"] + box["width"] + 2, (i, x, box)
+            assert box["y"] - 2 <= py <= box["y"] + box["height"] + 2, (i, y, box)
+    expect(boxes.nth(0).locator(".box-label")).to_have_text("4")
+    expect(p.locator("#announce")).to_have_text(re.compile(r"^The model reads the number 42, "))
+
+    # Back to one digit: the square pad, the digit's answer and Look inside, as before.
+    digit_radio.check()
+    assert p.evaluate(PAD_SIZE) == [280, 280]
+    expect(p.locator("#pad-boxes .box")).to_have_count(0)
+    expect(p.locator("#number-result")).to_be_hidden()
+    expect(p.locator("#inside")).to_be_visible()
+    with p.expect_request(lambda r: r.url.endswith("/api/predict")) as request:
+        draw(p, SEVEN)
+    assert "mode" not in request.value.post_data_json
+    expect(p.locator("#digit")).to_have_text("7")
+
+
+def test_number_mode_reads_an_upload_and_boxes_its_digits(
+    page: tuple[object, PageWatch], tmp_path: Path
+) -> None:
+    p, _ = page
+    photo = written_number("2026", tmp_path / "year.png")
+    p.get_by_role("tab", name="Upload").click()
+    # Read as one digit, four digits are not sure; switching to Number reads them again.
+    p.set_input_files("#file", str(photo))
+    expect(p.locator("#confidence")).to_have_text("Not sure")
+    with p.expect_response(lambda r: r.url.endswith("/api/predict")) as answer:
+        p.get_by_role("radio", name="Number").check()
+    assert answer.value.json()["number"] == "2026"
+    expect(p.locator("#number")).to_have_text("2026")
+    expect(p.locator("#tiles .tile")).to_have_count(4)
+    boxes = p.locator("#preview-boxes .box")
+    expect(boxes).to_have_count(4)
+    preview = p.locator("#preview").bounding_box()
+    lefts = []
+    for box in (boxes.nth(i).bounding_box() for i in range(4)):
+        assert (
+            preview["x"] <= box["x"]
+            and box["x"] + box["width"] <= preview["x"] + preview["width"] + 1
+        )
+        assert (
+            preview["y"] <= box["y"]
+            and box["y"] + box["height"] <= preview["y"] + preview["height"] + 1
+        )
+        lefts.append(box["x"])
+    assert lefts == sorted(lefts) and lefts[-1] - lefts[0] > 0.5 * preview["width"]
+    expect(p.locator("#message")).to_be_hidden()
+
+
+def unsure_second_digit(route: object) -> None:
+    """The server's real answer to a number, with its last digit made "not sure"."""
+    try:
+        response = route.fetch()
+        body = response.json()
+    except PlaywrightError:
+        return  # the page closed while this request was in flight
+    reason = {"code": "ambiguous", "message": "the model hesitates between two digits"}
+    if body.get("digits"):
+        body["digits"][-1].update(status="unsure", reason=reason)
+        body.update(
+            status="unsure", reason={**reason, "message": "Digit 2 of 2: " + reason["message"]}
+        )
+    with contextlib.suppress(PlaywrightError):
+        route.fulfill(response=response, json=body)
+
+
+def test_a_number_not_sure_is_said_in_words_and_its_digit_marked(
+    page: tuple[object, PageWatch],
+) -> None:
+    p, _ = page
+    p.get_by_role("radio", name="Number").check()
+    p.route("**/api/predict", unsure_second_digit)
+    draw(p, NUMBER_FOUR + NUMBER_TWO)
+    expect(p.locator("#number-confidence")).to_have_text("Not sure")
+    expect(p.locator("#number")).to_have_class(re.compile(r"\bunsure\b"))
+    message = p.locator("#message")
+    expect(message).to_contain_text("Not sure: this looks most like 42.")
+    expect(message).to_contain_text("Digit 2 of 2: the model hesitates between two digits.")
+    tiles = p.locator("#tiles .tile")
+    expect(tiles.nth(1)).to_have_class(re.compile(r"\bunsure\b"))
+    expect(tiles.nth(1).locator(".tile-confidence")).to_have_text("Not sure")
+    expect(tiles.nth(0)).not_to_have_class(re.compile(r"\bunsure\b"))
+    expect(p.locator("#pad-boxes .box").nth(1)).to_have_class(re.compile(r"\bunsure\b"))
+    expect(p.locator("#announce")).to_contain_text("Not sure. This looks most like 42.")
+
+
+def test_number_mode_on_a_phone_with_a_finger(
+    open_page: Callable[..., tuple[object, object]],
+) -> None:
+    context, page = open_page(390, 844, touch=True)
+    finger = Finger(context, page)
+    finger.tap("#mode-number")
+    expect(page.get_by_role("radio", name="Number")).to_be_checked()
+    # The pad fits the phone's width (two digits wide there), the page does not scroll sideways.
+    assert page.evaluate(PAD_SIZE) == [560, 280]
+    pad = page.locator("#pad").bounding_box()
+    assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390 and pad["width"] >= 300, pad
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    for selector in ("#mode-switch", "#pad", "#undo", "#clear", "#predict"):
+        assert in_view(page, selector), f"{selector} is not on screen"
+    # The same 4 and 2, squeezed onto the narrower pad: x from the 840-wide layout.
+    squeeze = [[(0.1 + (x - 0.15) * 1.5, y) for x, y in s] for s in NUMBER_FOUR + NUMBER_TWO]
+    finger.draw(squeeze)
+    expect(page.locator("#strip-digit")).to_have_text("42")
+    expect(page.locator("#number")).to_have_text("42")
+    assert in_view(page, "#strip") and page.evaluate("() => window.scrollY") == 0
+    expect(page.locator("#strip-main")).to_contain_text("% sure")

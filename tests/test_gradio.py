@@ -196,6 +196,97 @@ def test_not_sure_is_said_in_words(
     )
 
 
+# --------------------------------------------------------------------------- numbers
+
+
+def _written(text: str, path: Path) -> Path:
+    """``text`` in OpenCV's stroke font, black on white, as a PNG file."""
+    import cv2
+
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 4.0, 12
+    (width, height), _ = cv2.getTextSize(text, font, scale, thickness)
+    image = np.full((200, width + 60), 255, np.uint8)
+    cv2.putText(image, text, (30, (200 + height) // 2), font, scale, 0, thickness)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_read_number_gives_the_number_and_a_tile_per_digit(
+    shipped_predictor: Predictor, tmp_path: Path
+) -> None:
+    path = _written("2026", tmp_path / "2026.png")
+    reading = shipped_predictor.read_number(path)
+    tiles, message = gradio_app.read_number(shipped_predictor, path)
+    assert message.startswith("**2026** with ") and message.endswith("% confidence (4 digits).")
+    assert f"{100 * reading.confidence:.1f}%" in message
+    assert [caption.split(" · ")[0] for _, caption in tiles] == list("2026")
+    scale = gradio_app.DISPLAY_SCALE
+    for (tile, caption), d in zip(tiles, reading.digits, strict=True):
+        assert caption == f"{d.prediction.digit} · {100 * d.prediction.confidence:.1f}%"
+        # Each tile is the digit's 28x28 input, every pixel an exact square.
+        assert tile.shape == (28 * scale, 28 * scale) and tile.dtype == np.uint8
+        np.testing.assert_array_equal(tile[::scale, ::scale], d.prediction.model_input)
+    # Nothing to read, or not an image: a message, never an exception.
+    assert gradio_app.read_number(shipped_predictor, None) == (
+        None,
+        gradio_app.NUMBER_EMPTY_MESSAGE,
+    )
+    blank = gradio_app.read_number(shipped_predictor, np.full((200, 600), 255, np.uint8))
+    assert blank[0] is None and blank[1].startswith("No digit found")
+    garbage = gradio_app.read_number(shipped_predictor, b"\x00 not an image")
+    assert garbage[0] is None and garbage[1].startswith("This image cannot be used")
+
+
+def test_a_number_not_sure_is_said_in_words(
+    shipped_predictor: Predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _written("42", tmp_path / "42.png")
+    reason = Unsure("ambiguous", "the model hesitates between two digits")
+    read = Predictor.read_number
+
+    def unsure_last(self: Predictor, image: object) -> object:
+        reading = read(self, image)
+        last = reading.digits[-1]
+        digits = (
+            *reading.digits[:-1],
+            dataclasses.replace(
+                last, prediction=dataclasses.replace(last.prediction, reason=reason)
+            ),
+        )
+        return dataclasses.replace(
+            reading, digits=digits, reason=Unsure("ambiguous", "Digit 2 of 2: x")
+        )
+
+    monkeypatch.setattr(Predictor, "read_number", unsure_last)
+    tiles, message = gradio_app.read_number(shipped_predictor, path)
+    assert message == "**Not sure**: this looks most like 42 (2 digits). Digit 2 of 2: x."
+    assert tiles[0][1].startswith("4 · ") and tiles[1][1] == "2? · not sure"
+
+
+@pytest.mark.slow  # a Gradio server (or a fresh interpreter)
+def test_numbers_are_served_for_uploads_and_drawings(
+    client: gradio_client.Client, tmp_path: Path
+) -> None:
+    path = _written("2026", tmp_path / "2026.png")
+    gallery, message = client.predict(
+        gradio_client.handle_file(str(path)), api_name="/read_number_upload"
+    )
+    assert message.startswith("**2026** with ")
+    assert [item["caption"].split(" · ")[0] for item in gallery] == list("2026")
+    with Image.open(gallery[0]["image"]) as tile:
+        assert tile.format == "PNG" and tile.size == (224, 224)
+    # A drawing on the wide canvas: black ink on transparent, as the sketchpad sends it.
+    ink = np.asarray(Image.open(_written("42", tmp_path / "42.png")).convert("L"))
+    rgba = np.zeros((*ink.shape, 4), np.uint8)
+    rgba[..., 3] = 255 - ink
+    drawing = tmp_path / "drawn.png"
+    Image.fromarray(rgba, "RGBA").save(drawing)
+    gallery, message = client.predict(_editor(drawing), api_name="/read_number_drawing")
+    assert message.startswith("**42** with ") and len(gallery) == 2
+    gallery, message = client.predict(_editor(None), api_name="/read_number_drawing")
+    assert not gallery and message == gradio_app.NUMBER_EMPTY_MESSAGE
+
+
 # --------------------------------------------------------------------------- look inside
 
 # The captions of the look inside: the image, the six preprocessing stages, the saliency and

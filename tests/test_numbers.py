@@ -94,6 +94,38 @@ def test_touching_digits_are_parted(predictor: Predictor, digits: tuple, gap: in
     assert reading.number == "".join(map(str, digits))
 
 
+def test_three_touching_digits_are_parted(predictor: Predictor) -> None:
+    cov = number([2, 5, 3], -10)
+    n, _ = cv2.connectedComponents((cov > 0.2).astype(np.uint8))
+    assert n - 1 == 1  # one connected run of ink
+    assert predictor.read_number(paper_png(cov)).number == "253"
+
+
+def test_two_slanted_ones_are_not_merged(predictor: Predictor) -> None:
+    # Two slanted 1s side by side share most of their columns, so the grouping puts them
+    # together, and squeezed into one box they read confidently as one 1; a slanted path
+    # parts them through no ink, and the path of two digits wins.
+    cov = np.zeros((SIZE + 2 * MARGIN, 3 * SIZE), np.float32)
+    for x in (MARGIN + 20, MARGIN + 45):
+        cv2.line(cov, (x + 50, MARGIN), (x, MARGIN + SIZE), 1.0, STROKE)
+    n, _ = cv2.connectedComponents((cov > 0.2).astype(np.uint8))
+    assert n - 1 == 2
+    assert predictor.read_number(paper_png(cov)).number == "11"
+
+
+def test_a_wide_zero_is_not_split(predictor: Predictor) -> None:
+    # A 0 wider than it is tall (so that its cuts are searched): its halves read as digits,
+    # but cutting it crosses two strokes and its width is a digit's.
+    width = round(1.15 * SIZE)
+    zero = np.zeros((SIZE, width), np.uint8)
+    axes = (width // 2 - STROKE, SIZE // 2 - STROKE)
+    cv2.ellipse(zero, (width // 2, SIZE // 2), axes, 0, 0, 360, 255, STROKE)
+    ink = zero.astype(np.float32) / 255
+    x0, _, x1, _ = ink_box(ink, 0.05)
+    cov, _ = lay_out([digit_ink(3), ink[:, x0:x1]], gap=30)
+    assert predictor.read_number(paper_png(cov)).number == "30"
+
+
 def test_a_detached_five_bar_belongs_to_its_five(predictor: Predictor) -> None:
     five = np.zeros((SIZE * 4, SIZE * 4), np.uint8)
 
@@ -175,41 +207,82 @@ def test_segmentation_doubt_makes_the_reading_unsure(
 # --------------------------------------------------------------------------- the cut choice
 
 
-def candidates(
-    halves: list[tuple[float, float]], crossings: list[float], whole: float, wide: float
-) -> segment.Candidates:
-    empty = np.zeros((2, 2), bool)
-    return segment.Candidates(
-        wide=wide,
-        whole=float(np.log(whole)),
-        halves=np.log(np.array(halves, dtype=np.float64)),
+def lattice(
+    spans: list[tuple[int, int]],
+    scores: list[float],
+    widths: list[float],
+    crossings: list[float],
+    heights: list[float] | None = None,
+) -> segment.Lattice:
+    """A hand-made lattice: segments between cuts, their model scores and widths."""
+    return segment.Lattice(
+        spans=np.array(spans, dtype=np.int64),
+        widths=np.array(widths, dtype=np.float64),
+        heights=np.ones(len(spans)) if heights is None else np.array(heights, dtype=np.float64),
         crossings=np.array(crossings, dtype=np.float64),
-        cuts=[(empty, empty)] * len(halves),
+        logs=np.log(np.array(scores, dtype=np.float64)),
     )
 
 
-def test_the_cut_whose_halves_read_best_wins() -> None:
-    found = candidates([(0.5, 0.6), (0.99, 0.98), (0.9, 0.3)], [0.0, 0.0, 0.0], 0.2, 1.6)
-    best, z = segment.decide(found)
-    assert best == 1 and z > 0
+def test_the_path_whose_digits_read_best_wins() -> None:
+    # Cuts 0..3 (1 and 2 inside): a wide group read badly whole, well as (0,1)+(1,3).
+    lat = lattice(
+        [(0, 3), (0, 1), (1, 3), (0, 2), (2, 3)],
+        [0.3, 0.98, 0.97, 0.6, 0.5],
+        [1.6, 0.6, 0.8, 1.0, 0.4],
+        [0.0, 1.0, 1.0, 0.0],
+    )
+    path = segment.best_path(lat)
+    assert path.segments == (1, 2)
+    assert path.margin > 0
+
+
+def test_the_number_of_digits_comes_out_of_the_path() -> None:
+    # Three digit-wide segments in a row beat any wider reading of two or one.
+    spans = [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3)]
+    lat = lattice(
+        spans, [0.99, 0.99, 0.99, 0.9, 0.9, 0.9], [0.7] * 3 + [1.4] * 2 + [2.1], [0, 1, 1, 0]
+    )
+    assert len(segment.best_path(lat).segments) == 3
+
+
+def test_a_confident_digit_of_ordinary_width_stays_whole() -> None:
+    # A wide 0 whose halves read as two confident 1s: cutting it crosses two strokes, and
+    # its width is a digit's.
+    lat = lattice([(0, 2), (0, 1), (1, 2)], [0.99, 0.97, 0.97], [0.95, 0.45, 0.45], [0, 2.0, 0])
+    assert segment.best_path(lat).segments == (0,)
 
 
 def test_crossing_strokes_costs_a_cut() -> None:
     # Equal readings: the cut through fewer strokes (where touching digits meet) wins.
-    found = candidates([(0.95, 0.95), (0.95, 0.95)], [2.0, 0.5], 0.2, 1.6)
-    assert segment.decide(found)[0] == 1
+    spans = [(0, 1), (1, 3), (0, 2), (2, 3), (0, 3)]
+    lat = lattice(spans, [0.95] * 4 + [0.01], [0.7] * 4 + [1.5], [0, 2.0, 0.5, 0])
+    assert segment.best_path(lat).segments == (2, 3)
 
 
-def test_a_confident_digit_of_ordinary_width_stays_whole() -> None:
-    # A wide 0 whose halves read as two confident 1s: the whole reads better still, and a
-    # digit's width is no evidence of two.
-    found = candidates([(0.97, 0.97)], [1.5], 0.99, 0.95)
-    assert segment.decide(found)[1] <= 0
+def test_a_fragment_is_not_a_digit() -> None:
+    # A bar a third of the line's height (a 5's detached top) reads confidently as a 7 on its
+    # own: it is still not a digit.
+    lat = lattice(
+        [(0, 2), (0, 1), (1, 2)], [0.9, 0.99, 0.99], [0.7, 0.5, 0.6], [0, 0, 0], [1, 0.3, 0.8]
+    )
+    assert segment.best_path(lat).segments == (0,)
 
 
-def test_a_wide_group_read_badly_as_one_is_cut() -> None:
-    found = candidates([(0.9, 0.95)], [0.5], 0.3, 1.7)
-    assert segment.decide(found)[1] > 0
+def test_pieces_a_path_parts_do_not_interleave() -> None:
+    # Two slanted bars sharing columns: no row has the left one's ink right of the right's.
+    left = np.zeros((40, 60), bool)
+    right = np.zeros((40, 60), bool)
+    for r in range(40):
+        left[r, 20 + r // 2 : 24 + r // 2] = True
+        right[r, 30 + r // 2 : 34 + r // 2] = True
+    assert segment._interleaved_rows(left, right) == 0
+    # A bar through a stem: the rows of the bar interleave.
+    stem = np.zeros((40, 60), bool)
+    stem[:, 30:34] = True
+    bar = np.zeros((40, 60), bool)
+    bar[18:22, 10:45] = True
+    assert segment._interleaved_rows(bar, stem) == 4
 
 
 def test_seams_follow_the_gap_between_slanted_digits() -> None:

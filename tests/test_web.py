@@ -56,16 +56,6 @@ STATIC = Path(web.__file__).parent / "static"
 
 
 @pytest.fixture(scope="module")
-def app() -> Flask:
-    return create_app(WebConfig(model_path=SHIPPED_MODEL))
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture(scope="module")
 def digits(test_split: Split) -> list[tuple[np.ndarray, int]]:
     """Three MNIST test digits of each class: (uint8 28x28 image, label)."""
     images = np.asarray(test_split.images)

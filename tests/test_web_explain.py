@@ -42,16 +42,6 @@ from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, api, create_app, state
 
 
 @pytest.fixture(scope="module")
-def app() -> Flask:
-    return create_app(WebConfig(model_path=SHIPPED_MODEL))
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture(scope="module")
 def digits(test_split: Split) -> list[tuple[np.ndarray, int]]:
     """One MNIST test digit of each class: (uint8 28x28 image, label)."""
     images = np.asarray(test_split.images)

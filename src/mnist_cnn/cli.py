@@ -604,9 +604,25 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
-def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    """--max-pixels and --threads, for the commands that read images (predict, explain)."""
     from mnist_cnn.preprocess import MAX_PIXELS
 
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="refuse images with more pixels (checked before decoding)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_train_option_type("threads"),
+        default=0,
+        help="CPU threads (0: one per core)",
+    )
+
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help=COMMAND_HELP["predict"],
@@ -642,18 +658,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="also write the 28x28 image the model sees for each file as a PNG",
     )
     p.add_argument("--batch-size", type=_at_least(1), default=256, help="images per forward pass")
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=MAX_PIXELS,
-        help="refuse images with more pixels (checked before decoding)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_train_option_type("threads"),
-        default=0,
-        help="CPU threads (0: one per core)",
-    )
+    _add_image_options(p)
     p.set_defaults(handler=_predict)
 
 
@@ -987,8 +992,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _add_explain_parser(sub: argparse._SubParsersAction) -> None:
-    from mnist_cnn.preprocess import MAX_PIXELS
-
     p = sub.add_parser(
         "explain",
         help=COMMAND_HELP["explain"],
@@ -1023,18 +1026,7 @@ def _add_explain_parser(sub: argparse._SubParsersAction) -> None:
         help="with --figures: the example photo (default: DIR/example-photo.jpg)",
     )
     p.add_argument("--data-dir", default=None, help=TRAIN_HELP["data_dir"])
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=MAX_PIXELS,
-        help="refuse images with more pixels (checked before decoding)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_train_option_type("threads"),
-        default=0,
-        help="CPU threads (0: one per core)",
-    )
+    _add_image_options(p)
     p.set_defaults(handler=_explain, parser=p)
 
 

@@ -10,6 +10,10 @@ an image that the notebooks and tests call directly: the ten class probabilities
 one-line message. Images that hold no digit or are not images at all get that message, never
 a traceback.
 
+Its "Number" tab reads a whole number (``read_number``, through ``Predictor.read_number``):
+the number, how sure, and a gallery of the digits as the model saw them, each with its digit
+and confidence.
+
 Its "Look inside" accordion comes from ``look_inside`` (``mnist_cnn.explain``, as the web
 page's panel): the preprocessing's stages, the occlusion saliency over the model's input and
 the first two layers' feature maps, as captioned pictures. It is computed after each answer
@@ -38,7 +42,7 @@ from mnist_cnn.preprocess import ImageError, NoDigitError
 if TYPE_CHECKING:  # the annotations only; importing gradio costs seconds
     import gradio as gr
 
-    from mnist_cnn.predict import Prediction, Predictor
+    from mnist_cnn.predict import NumberReading, Prediction, Predictor
 
 TOP_CLASSES = 3
 # The 28x28 model input is shown enlarged by this factor with nearest-neighbour sampling, so
@@ -51,6 +55,10 @@ CANVAS_SIZE = 280
 BRUSH_SIZE = 10
 
 EMPTY_MESSAGE = "Draw a digit on the canvas, or upload a photo of one."
+NUMBER_EMPTY_MESSAGE = "Write a number on the wide canvas, or upload a photo of one."
+# The number canvas: as tall as the digit canvas (the same brush draws digits of the same
+# size), three digits wide.
+NUMBER_CANVAS_SIZE = (3 * CANVAS_SIZE, CANVAS_SIZE)
 # The accordion's explanation; {patch} is the occlusion's patch side (``explain.PATCH``).
 INSIDE_HELP = (
     "How the image became the model's 28×28 input, step by step; what the answer rests on "
@@ -252,6 +260,55 @@ def look_inside(predictor: Predictor, image: Any) -> tuple[Pictures | None, str]
     return pictures, legend
 
 
+def read_number(
+    predictor: Predictor, image: Any, scale: int = DISPLAY_SCALE
+) -> tuple[Pictures | None, str]:
+    """What the "Number" tab shows for ``image``: (a tile per digit, message).
+
+    Each tile is that digit's uint8 28x28 model input enlarged ``scale`` times with
+    nearest-neighbour sampling, captioned with the digit and its confidence ("4 · 99.9%"),
+    or "4? · not sure" for a digit the model is not sure of. The message (Markdown) is the
+    number and how sure ("**2026** with 99.1% confidence."), or "**Not sure**: this looks
+    most like 2026." with the reason. Takes what ``classify`` takes; when there is nothing
+    to read the gallery is ``None`` and the message says why.
+    """
+    image = _unwrap(image)
+    if image is None:
+        return None, NUMBER_EMPTY_MESSAGE
+    try:
+        reading = predictor.read_number(image)
+    except NoDigitError as exc:
+        return None, f"{_sentence(str(exc))} {NUMBER_EMPTY_MESSAGE}"
+    except ImageError as exc:
+        return None, f"This image cannot be used: {str(exc).rstrip('.')}."
+    except OSError as exc:  # an upload that vanished or cannot be read
+        return None, f"This file cannot be read: {_sentence(exc.strerror or str(exc))}"
+    tiles: Pictures = []
+    for d in reading.digits:
+        p = d.prediction
+        tile = np.kron(p.model_input, np.ones((scale, scale), dtype=np.uint8))
+        caption = (
+            f"{p.digit} · {100 * p.confidence:.1f}%"
+            if p.reason is None
+            else (f"{p.digit}? · not sure")
+        )
+        tiles.append((tile, caption))
+    return tiles, _describe_number(reading)
+
+
+def _describe_number(reading: NumberReading) -> str:
+    """The message (Markdown) for a number: the number and how sure, or "Not sure" in words
+    with the reason."""
+    count = len(reading.digits)
+    digits = f"{count} digit{'s' if count != 1 else ''}"
+    if reading.reason is None:
+        return f"**{reading.number}** with {100 * reading.confidence:.1f}% confidence ({digits})."
+    return (
+        f"**Not sure**: this looks most like {reading.number} ({digits}). "
+        f"{_sentence(reading.reason.message)}"
+    )
+
+
 # --------------------------------------------------------------------------- the interface
 
 
@@ -262,8 +319,9 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
     Two API endpoints serve the two inputs: ``/classify_drawing`` (a Sketchpad value) and
     ``/classify_upload`` (an image file); ``/look_inside_drawing`` and
     ``/look_inside_upload`` give the look inside (a gallery of captioned pictures and a
-    legend). Analytics are off, so nothing leaves the machine unless a share link is asked
-    for.
+    legend); ``/read_number_drawing`` and ``/read_number_upload`` read a whole number
+    (``read_number``: a gallery of the digits and a message), from the "Number" tab.
+    Analytics are off, so nothing leaves the machine unless a share link is asked for.
     """
     gr = import_gradio()
     from mnist_cnn.explain import PATCH
@@ -273,6 +331,9 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
 
     def run_inside(image: Any) -> tuple[Pictures | None, str]:
         return look_inside(predictor, image)
+
+    def run_number(image: Any) -> tuple[Pictures | None, str]:
+        return read_number(predictor, image)
 
     info = predictor.info
     accuracy = info.test_accuracy
@@ -309,6 +370,40 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
                         sources=["upload", "clipboard", "webcam"],
                     )
                     upload_button = gr.Button("Classify the photo", variant="primary")
+                with gr.Tab("Number"):
+                    # A whole number: a wide canvas or a photo, read digit by digit. Its
+                    # answer is in the tab, under the inputs: the digit's outputs on the
+                    # right are of one digit.
+                    number_sketch = gr.Sketchpad(
+                        label="Write a number (its digits side by side)",
+                        type="numpy",
+                        image_mode="RGBA",
+                        canvas_size=NUMBER_CANVAS_SIZE,
+                        fixed_canvas=True,
+                        brush=gr.Brush(
+                            default_size=BRUSH_SIZE, colors=["#000000"], color_mode="fixed"
+                        ),
+                        layers=False,
+                        elem_id="number-sketch",
+                    )
+                    number_draw_button = gr.Button("Read the drawn number", variant="primary")
+                    number_upload = gr.Image(
+                        label="Or upload a photo of a number",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard", "webcam"],
+                    )
+                    number_upload_button = gr.Button("Read the photo's number", variant="primary")
+                    number_message = gr.Markdown(NUMBER_EMPTY_MESSAGE, elem_id="number-message")
+                    number_tiles = gr.Gallery(
+                        label="Each digit, as the model saw it (28×28)",
+                        format="png",  # lossless: the exact pixels the model saw
+                        columns=6,
+                        height="auto",
+                        object_fit="contain",
+                        interactive=False,
+                        elem_id="number-tiles",
+                    )
             with gr.Column():
                 label = gr.Label(num_top_classes=TOP_CLASSES, label="Prediction")
                 model_input = gr.Image(
@@ -347,6 +442,24 @@ def build_interface(predictor: Predictor, title: str = "Handwritten digit recogn
         # A new upload is answered at once, without waiting for the button.
         upload.upload(inputs=upload, api_visibility="private", **events).then(
             inputs=upload, api_visibility="private", **inside_events
+        )
+        number_events = {
+            "fn": run_number,
+            "outputs": [number_tiles, number_message],
+            "preprocess": False,
+        }
+        number_draw_button.click(
+            inputs=number_sketch, api_name="read_number_drawing", **number_events
+        )
+        number_upload_button.click(
+            inputs=number_upload, api_name="read_number_upload", **number_events
+        )
+        number_upload.upload(inputs=number_upload, api_visibility="private", **number_events)
+        number_sketch.clear(
+            lambda: (None, NUMBER_EMPTY_MESSAGE),
+            None,
+            [number_tiles, number_message],
+            api_visibility="private",
         )
         sketch.clear(
             lambda: (None, None, EMPTY_MESSAGE, None, ""),

@@ -320,10 +320,11 @@ class Predictor:
         ``segment.MAX_DIGITS`` digits), digit by digit, left to right (``mnist_cnn.segment``).
 
         Each digit is normalised exactly as a single digit is; touching digits are parted
-        where the model reads both halves best. An image with one digit goes through the
-        single-digit path (``locate``, as ``predict``) unchanged. The reading is "unsure"
-        when a digit is, or when the segmentation is doubtful (reason code
-        ``"segmentation"``). Raises the ``ImageError`` subclasses, as ``predict``.
+        by recognition (the path of candidate cuts whose digits the model reads best). An
+        image with one digit goes through the single-digit path (``locate``, as ``predict``)
+        unchanged. The reading is "unsure" when a digit is, or when the segmentation is
+        doubtful (reason code ``"segmentation"``). Raises the ``ImageError`` subclasses, as
+        ``predict``.
         """
         decoded = decode(image, self.max_pixels, max_side=NUMBER_WORK_SIDE)
         try:

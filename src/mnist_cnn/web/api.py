@@ -19,6 +19,26 @@ request we cannot read (any body that is not JSON when it says it is, however it
 parse), 413 for a body over the limit, 415 for what is not an image, 422 for an image
 without a digit or too large to decode, 503 when too many large images are being decoded.
 
+**Numbers.** ``/api/predict`` reads a whole number (``Predictor.read_number``: a single
+line of up to ``segment.MAX_DIGITS`` digits) when the request says ``mode`` is ``"number"``:
+a JSON field (``{"image": ..., "mode": "number"}``), a multipart/form field ``mode``, or the
+query parameter ``?mode=number`` (the only way with raw image bytes). The default,
+``"digit"``, is the single-digit answer above, unchanged. Any other mode is a 400
+(``bad_mode``), as are a query and a body that name different modes. The same image forms,
+errors, statuses and large-decode slots apply. The answer:
+
+- ``mode`` (``"number"``), ``number`` (the digits as a string, ``"2026"``), ``confidence``
+  (the product of the digits'), ``status`` and ``reason`` (``{"code", "message"}``, the
+  code ``"segmentation"`` when the cutting into digits is doubtful; null when ok);
+- ``digits``: one per digit, left to right, with the single-digit answer's ``digit``,
+  ``confidence``, ``status``, ``reason``, ``probabilities`` and ``top3``, then ``box``
+  (``[x0, y0, x1, y1]``, end exclusive, in the image's own upright pixels) and
+  ``input_28x28`` (that digit's 28x28 input, a PNG data URL);
+- ``image``: ``{"width", "height"}``, the size of the upright image the boxes are in;
+- ``model`` and ``elapsed_ms``.
+
+A single digit in number mode is read by the single-digit path: a one-digit ``number``.
+
 ``/api/explain`` takes the same image forms and answers with the same statuses; it is the
 page's "Look inside" panel (``mnist_cnn.explain``), computed only when asked for, so that
 ``/api/predict`` costs what it always did (an explanation costs a few hundred forward
@@ -36,6 +56,8 @@ passes). Its answer has the prediction's fields as ``/api/predict`` has them (``
   of the first two convolutions as one grid of tiles each (left out with ONNX Runtime,
   which has no layers to read);
 - ``model`` and ``elapsed_ms``, as ``/api/predict`` has them.
+
+It explains one digit: ``mode`` ``"number"`` is a 400 (``bad_mode``) there.
 
 A large image (one whose decoding needs more than ``WebConfig.large_decode_bytes``, read
 from its header) is decoded only while it holds one of the process's
@@ -61,7 +83,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Request, request
-from PIL import Image
+from PIL import ExifTags, Image
 
 from mnist_cnn.decode import estimate_decode_bytes
 from mnist_cnn.explain import (
@@ -76,6 +98,8 @@ from mnist_cnn.explain import (
     to_uint8,
 )
 from mnist_cnn.locate import WORK_SIDE
+from mnist_cnn.predict import NumberReading
+from mnist_cnn.segment import NUMBER_WORK_SIDE
 from mnist_cnn.web import STEP_ASIDE, AppState, state
 from mnist_cnn.web.errors import ApiError
 
@@ -84,6 +108,11 @@ log = logging.getLogger("mnist_cnn.web")
 
 # Body types sent as the raw image bytes.
 RAW_IMAGE_TYPES = ("application/octet-stream",)
+
+# What /api/predict reads: one digit (the default) or a whole number, digit by digit.
+DIGIT = "digit"
+NUMBER = "number"
+MODES = (DIGIT, NUMBER)
 
 # The pictures of /api/explain. A stage smaller than STAGE_MIN_SIDE on its longest side (the
 # 20x20 fit, the 28x28 input) is enlarged by a whole factor with nearest-neighbour sampling,
@@ -121,26 +150,64 @@ def decode_data_url(value: str) -> bytes:
     return data
 
 
+def check_mode(value: object, where: str) -> str:
+    """``value`` as a mode ("digit" or "number"; case is ignored). Raises ``ApiError`` (400)."""
+    if isinstance(value, str) and value.strip().lower() in MODES:
+        return value.strip().lower()
+    shown = repr(value)[:40] if isinstance(value, str) else type(value).__name__
+    raise ApiError(400, "bad_mode", f'the {where} mode must be "digit" or "number", not {shown}')
+
+
+def request_mode(req: Request, body_mode: object = None) -> str:
+    """The mode a request asks for: ``?mode=`` or the body's ``mode`` field (JSON or form),
+    "digit" when neither says. Raises ``ApiError`` (400) for an unknown mode, or when the
+    query and the body name different modes."""
+    query = req.args.get("mode")
+    modes = []
+    if query is not None:
+        modes.append(check_mode(query, "query's"))
+    if body_mode is not None:
+        modes.append(check_mode(body_mode, "body's"))
+    if len(set(modes)) > 1:
+        raise ApiError(
+            400,
+            "bad_mode",
+            f"the query says mode={modes[0]} and the body mode={modes[1]}; send one mode",
+        )
+    return modes[0] if modes else DIGIT
+
+
 def read_image(req: Request) -> tuple[bytes, str]:
     """The uploaded image's bytes and where they came from ("upload", "data_url", "body").
 
     Raises ``ApiError`` for a request that does not carry an image we can read; a body over
     the size limit raises Werkzeug's ``RequestEntityTooLarge`` (413) when it is read.
     """
+    data, source, _ = read_request(req)
+    return data, source
+
+
+def read_request(req: Request) -> tuple[bytes, str, str]:
+    """``read_image``'s bytes and source, and the mode the request asks for
+    (``request_mode``: "digit" or "number")."""
+    # The query's mode first: a bad one is reported before a large body is read.
+    if req.args.get("mode") is not None:
+        request_mode(req)
     mimetype = req.mimetype
     if mimetype == "multipart/form-data" and not req.mimetype_params.get("boundary"):
         # Werkzeug would parse such a body as an empty form; say what is really wrong.
         raise ApiError(400, "malformed_body", "the multipart body has no boundary parameter")
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        mode = request_mode(req, req.form.get("mode"))
         upload = req.files.get("image")
         if upload is not None:
             data = upload.read()
             if not data:
                 raise ApiError(400, "empty_image", "the uploaded file is empty")
-            return data, "upload"
+            return data, "upload", mode
         text = req.form.get("image")
         if text is not None:
-            return decode_data_url(text), "data_url"
+            return decode_data_url(text), "data_url", mode
         raise ApiError(
             400, "missing_image", "the form has no field 'image'; send the file as 'image'"
         )
@@ -153,6 +220,7 @@ def read_image(req: Request) -> tuple[bytes, str]:
             # parser's stack (json.loads("[" * 100_000)). Either way the client's mistake.
             detail = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
             raise ApiError(400, "malformed_json", f"the body is {detail}") from exc
+        mode = request_mode(req, payload.get("mode") if isinstance(payload, dict) else None)
         if not isinstance(payload, dict) or "image" not in payload:
             raise ApiError(
                 400,
@@ -162,12 +230,12 @@ def read_image(req: Request) -> tuple[bytes, str]:
         value = payload["image"]
         if not isinstance(value, str):
             raise ApiError(400, "bad_data_url", '"image" must be a string: a data URL or base64')
-        return decode_data_url(value), "data_url"
+        return decode_data_url(value), "data_url", mode
     if mimetype.startswith("image/") or mimetype in RAW_IMAGE_TYPES:
         data = req.get_data(cache=False)
         if not data:
             raise ApiError(400, "missing_image", "the request body is empty")
-        return data, "body"
+        return data, "body", request_mode(req)
     if not mimetype and not req.content_length:
         raise ApiError(
             400,
@@ -203,12 +271,17 @@ def _busy() -> ApiError:
 
 
 @contextmanager
-def decode_slot(app: AppState, data: bytes, step_aside: Callable[[], Any]) -> Iterator[None]:
+def decode_slot(
+    app: AppState, data: bytes, step_aside: Callable[[], Any], max_side: int = WORK_SIDE
+) -> Iterator[None]:
     """Hold one of the process's large-decode slots while ``data`` is decoded, if it is a
     large image, stepping aside (``step_aside()``) while waiting and decoding. Raises
-    ``ApiError`` (503) when no slot frees up in time or too many wait already."""
+    ``ApiError`` (503) when no slot frees up in time or too many wait already.
+
+    ``max_side`` is the working copy's longest side the decode keeps (a number's is larger
+    than a digit's, so a JPEG of it decodes at a larger reduced size)."""
     config = app.config
-    need = estimate_decode_bytes(data, app.predictor.max_pixels, max_side=WORK_SIDE)
+    need = estimate_decode_bytes(data, app.predictor.max_pixels, max_side=max_side)
     if need <= config.large_decode_bytes:
         yield
         return
@@ -228,12 +301,76 @@ def decode_slot(app: AppState, data: bytes, step_aside: Callable[[], Any]) -> It
             slots.release()
 
 
+# The EXIF orientations that turn an image a quarter (its width and height swap).
+QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def image_size(data: bytes) -> dict[str, int] | None:
+    """The upright size of the image file ``data``, from its header (the frame a number's
+    boxes are in: the EXIF orientation applied, as the decoder applies it); None when the
+    header cannot be read."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # the prediction read the image: the size is only a courtesy
+        return None
+    if orientation in QUARTER_TURNS:
+        width, height = height, width
+    return {"width": int(width), "height": int(height)}
+
+
+def number_body(reading: NumberReading) -> dict[str, Any]:
+    """A reading's answer: ``NumberReading.to_dict`` with each digit's 28x28 input as a PNG
+    data URL (the module docstring lists the fields)."""
+    body: dict[str, Any] = {"mode": NUMBER, **reading.to_dict()}
+    for digit, shown in zip(reading.digits, body["digits"], strict=True):
+        shown["input_28x28"] = png_data_url(digit.prediction.model_input)
+    return body
+
+
+def read_number(app: AppState, data: bytes, source: str, started: float) -> dict[str, Any]:
+    """``/api/predict`` in number mode: the whole number in ``data``, digit by digit."""
+    step_aside = request.environ.get(STEP_ASIDE, contextlib.nullcontext)
+    # The number's working copy is larger than a digit's: its decode is measured at that size.
+    with decode_slot(app, data, step_aside, max_side=max(WORK_SIDE, NUMBER_WORK_SIDE)):
+        reading = app.predictor.read_number(data)
+    body = number_body(reading)
+    body["image"] = image_size(data)
+    body["model"] = app.model_summary
+    body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    if app.config.log_predictions:
+        status = reading.status
+        if reading.reason is not None:
+            status += f" reason={reading.reason.code}"
+        digits = ",".join(
+            f"{d.prediction.digit}:{d.prediction.confidence:.4f}" for d in reading.digits
+        )
+        # "number", not "prediction": counts of single-digit predictions in the logs stay
+        # what they were; one line per reading, as per prediction.
+        log.info(
+            "number number=%s confidence=%.4f status=%s digits=%s elapsed_ms=%.1f source=%s "
+            "model=%s",
+            reading.number,
+            reading.confidence,
+            status,
+            digits,
+            body["elapsed_ms"],
+            source,
+            app.model_summary["file"],
+        )
+    return body
+
+
 @bp.post("/predict")
 def predict() -> dict[str, Any]:
-    """Classify one image; see the module docstring for the accepted forms."""
+    """Classify one image, or read the number in it with ``mode`` "number"; see the module
+    docstring for the accepted forms and the answers."""
     started = time.perf_counter()
     app = state()
-    data, source = read_image(request)
+    data, source, mode = read_request(request)
+    if mode == NUMBER:
+        return read_number(app, data, source, started)
     step_aside = request.environ.get(STEP_ASIDE, contextlib.nullcontext)
     with decode_slot(app, data, step_aside):
         prediction = app.predictor.predict(data)
@@ -323,7 +460,14 @@ def explain_image() -> dict[str, Any]:
     forms, errors and large-image slots as ``/api/predict``."""
     started = time.perf_counter()
     app = state()
-    data, source = read_image(request)
+    data, source, mode = read_request(request)
+    if mode != DIGIT:
+        raise ApiError(
+            400,
+            "bad_mode",
+            'the explanation is of one digit: send mode "digit" (or none), or ask '
+            '/api/predict with mode "number" for a number',
+        )
     step_aside = request.environ.get(STEP_ASIDE, contextlib.nullcontext)
     with decode_slot(app, data, step_aside):
         explanation = explain(app.predictor, data)

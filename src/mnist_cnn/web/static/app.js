@@ -1,7 +1,9 @@
 // mnist-cnn web page: a drawing pad and an upload area that send images to POST /api/predict,
 // a result panel that shows what the model thinks, and a "Look inside" panel that, while open,
-// asks POST /api/explain how it got there. Plain JavaScript, no dependencies, nothing loaded
-// from another origin.
+// asks POST /api/explain how it got there. In number mode the pad is wide, both the pad and
+// uploads are read as a whole number ("mode": "number"), and the answer is the number, a tile
+// per digit and the digits' boxes over the image. Plain JavaScript, no dependencies, nothing
+// loaded from another origin.
 "use strict";
 
 (() => {
@@ -24,9 +26,32 @@
   // What a multipart body adds around the file (boundaries, headers): the server's limit is
   // on the whole body.
   const MULTIPART_ALLOWANCE = 4096;
+  // The pad in number mode, in pad pixels: as tall as the digit pad (so the pen draws digits
+  // of the same size), three digits' width on wide screens, two on phones, where a 3:1 pad
+  // would leave a finger too little height to write in.
+  const DIGIT_PAD = [280, 280];
+  const NUMBER_PAD = [840, 280];
+  const NUMBER_PAD_NARROW = [560, 280];
+  const narrowScreen = window.matchMedia("(max-width: 600px)");
 
   const $ = (id) => document.getElementById(id);
   const pad = $("pad");
+  const padWrap = pad.parentElement;
+  const padBoxes = $("pad-boxes");
+  const padHelpText = $("pad-help-text");
+  const previewWrap = $("preview-wrap");
+  const previewBoxes = $("preview-boxes");
+  const digitResult = $("digit-result");
+  const barsTitle = $("bars-title");
+  const barsList = $("bars");
+  const numberResult = $("number-result");
+  const numberEl = $("number");
+  const numberConfidence = $("number-confidence");
+  const numberDetail = $("number-detail");
+  const tilesEl = $("tiles");
+  const insideNote = $("inside-note");
+  const layout = document.querySelector(".layout");
+  const modeRadios = Array.from(document.querySelectorAll('input[name="mode"]'));
   const ctx = pad.getContext("2d");
   const padHint = $("pad-hint");
   const undoButton = $("undo");
@@ -72,7 +97,12 @@
     stripDetail.textContent = detail;
   }
 
-  function resetResult(text = "Draw or upload one to begin.") {
+  // "digit" (one digit, the default) or "number" (a whole number, digit by digit).
+  let mode = "digit";
+  const numberMode = () => mode === "number";
+
+  function resetResult(text = numberMode() ? "Write a number or upload a photo of one." : "Draw or upload one to begin.") {
+    resetNumber(text);
     digitEl.textContent = "?";
     digitEl.classList.add("empty");
     digitEl.classList.remove("unsure");
@@ -80,7 +110,7 @@
     confidenceEl.textContent = "No digit yet";
     confidenceEl.classList.remove("unsure");
     runnerUpEl.textContent = text;
-    setStrip("?", "No digit yet", text, "empty");
+    if (!numberMode()) setStrip("?", "No digit yet", text, "empty");
     modelInput.hidden = true;
     modelInput.removeAttribute("src");
     modelInput.alt = "";
@@ -167,6 +197,119 @@
     }
   }
 
+  // ------------------------------------------------------------------ number answers
+
+  // Advice for a "not sure" number, by the reason's code.
+  const NUMBER_ADVICE = {
+    segmentation: "Write the digits apart from each other, on one line.",
+    ambiguous: "Write that digit again, more clearly.",
+    not_a_digit: "Write only digits from 0 to 9, on one line.",
+  };
+
+  function clearBoxes() {
+    padBoxes.replaceChildren();
+    previewBoxes.replaceChildren();
+  }
+
+  function resetNumber(text) {
+    numberEl.textContent = "?";
+    numberEl.style.removeProperty("--chars");
+    numberEl.classList.add("empty");
+    numberEl.classList.remove("unsure");
+    numberConfidence.textContent = "No number yet";
+    numberConfidence.classList.remove("unsure");
+    numberDetail.textContent = text;
+    tilesEl.replaceChildren();
+    clearBoxes();
+    if (numberMode()) setStrip("?", "No number yet", text, "empty");
+  }
+
+  // Each digit's box over the image it was found in: percentages of the image's size, so
+  // that the boxes follow the pad or the preview at whatever size CSS shows them.
+  function drawBoxes(layer, digits, size) {
+    if (!size || !size.width || !size.height) {
+      layer.replaceChildren();
+      return;
+    }
+    layer.replaceChildren(
+      ...digits.map((d) => {
+        const [x0, y0, x1, y1] = d.box;
+        const box = document.createElement("div");
+        box.className = d.status === "unsure" ? "box unsure" : "box";
+        box.style.left = `${(100 * x0) / size.width}%`;
+        box.style.top = `${(100 * y0) / size.height}%`;
+        box.style.width = `${(100 * (x1 - x0)) / size.width}%`;
+        box.style.height = `${(100 * (y1 - y0)) / size.height}%`;
+        const label = document.createElement("span");
+        label.className = "box-label";
+        label.textContent = d.status === "unsure" ? `${d.digit}?` : String(d.digit);
+        box.append(label);
+        return box;
+      }),
+    );
+  }
+
+  function tile(d, k, n) {
+    const unsure = d.status === "unsure";
+    const li = document.createElement("li");
+    li.className = unsure ? "tile unsure" : "tile";
+    const img = document.createElement("img");
+    img.className = "pixelated";
+    img.width = img.height = 56;
+    img.src = d.input_28x28;
+    img.alt = `Digit ${k} of ${n}: the 28 by 28 pixel image the model read`;
+    const digit = document.createElement("p");
+    digit.className = "tile-digit";
+    digit.textContent = String(d.digit);
+    const sure = document.createElement("p");
+    sure.className = "tile-confidence";
+    // Not sure in words, as the single digit's answer has it; the numbers are in the title.
+    sure.textContent = unsure ? "Not sure" : percent(d.confidence);
+    if (unsure) li.title = `Most like ${likelyDigits(d.top3)}: ${sentence((d.reason || {}).message)}`;
+    li.append(img, digit, sure);
+    return li;
+  }
+
+  function showNumber(data, { announce, source }) {
+    hideMessage();
+    const unsure = data.status === "unsure";
+    const digits = data.digits || [];
+    numberEl.textContent = data.number;
+    numberEl.style.setProperty("--chars", String(Math.max(1, data.number.length)));
+    numberEl.classList.remove("empty");
+    numberEl.classList.toggle("unsure", unsure);
+    resultCard.classList.toggle("unsure", unsure);
+    numberConfidence.classList.toggle("unsure", unsure);
+    const count = `${digits.length} digit${digits.length === 1 ? "" : "s"}`;
+    const reason = (unsure && data.reason) || {};
+    const doubtful = digits.filter((d) => d.status === "unsure").length;
+    if (unsure) {
+      numberConfidence.textContent = "Not sure";
+      numberDetail.textContent = doubtful ? `${count}, ${doubtful} of them unsure` : `${count}; where they part is unsure`;
+      showMessage(
+        `Not sure: this looks most like ${data.number}.`,
+        [sentence(reason.message), NUMBER_ADVICE[reason.code] || ""].filter(Boolean).join(" "),
+        "warn",
+      );
+      setStrip(data.number, "Not sure", `Most like ${data.number}`, "unsure");
+    } else {
+      numberConfidence.textContent = `${percent(data.confidence)} sure`;
+      numberDetail.textContent = `${count}, read one by one`;
+      setStrip(data.number, numberConfidence.textContent, numberDetail.textContent, "ok");
+    }
+    tilesEl.replaceChildren(...digits.map((d, i) => tile(d, i + 1, digits.length)));
+    clearBoxes();
+    if (source === "canvas") drawBoxes(padBoxes, digits, { width: pad.width, height: pad.height });
+    else drawBoxes(previewBoxes, digits, data.image);
+    const model = data.model || {};
+    metaEl.textContent = `${model.description || model.architecture || "model"} · ${model.file || ""} · answered in ${data.elapsed_ms} ms`;
+    if (announce) {
+      announceEl.textContent = unsure
+        ? `Not sure. This looks most like ${data.number}. ${sentence(reason.message)}`.trim()
+        : `The model reads the number ${data.number}, ${percent(data.confidence)} sure.`;
+    }
+  }
+
   // What people should read for each error code the API returns; the server's own
   // message follows as the detail.
   const FRIENDLY = {
@@ -181,8 +324,16 @@
     network: "The server could not be reached. Is it still running?",
   };
 
+  // The same, where a number is asked for.
+  const FRIENDLY_NUMBER = {
+    no_digit: {
+      canvas: "The drawing is empty or too small: write a number, its digits large and side by side.",
+      upload: "No number found in this image. Try a photo of one line of digits, dark on light paper or light on dark.",
+    },
+  };
+
   function showError(error, source) {
-    const entry = FRIENDLY[error.code];
+    const entry = (numberMode() && FRIENDLY_NUMBER[error.code]) || FRIENDLY[error.code];
     const text = (entry && typeof entry === "object" ? entry[source] : entry) || "Something went wrong.";
     showMessage(text, error.message || "", "error");
     setStrip("?", "No answer", text, "error");
@@ -432,7 +583,11 @@
         data = null; // a proxy's HTML error page, say
       }
       if (mine !== sequence) return;
-      if (response.ok && data) {
+      if (response.ok && data && data.mode === "number") {
+        // Look inside explains one digit: a number leaves it nothing to explain.
+        showNumber(data, { announce, source });
+        asked = null;
+      } else if (response.ok && data) {
         showPrediction(data, { announce });
         // The panel explains the answer on screen: the same body, sent to /api/explain. Not
         // in the middle of a stroke: the answer to the finished stroke follows, and each
@@ -525,7 +680,8 @@
     // Updates while drawing skip an empty pad; the Predict button sends it anyway, and the
     // server's answer (422 no_digit) becomes the message that asks for a digit.
     if (strokes.length === 0 && !evenIfEmpty) return;
-    const body = JSON.stringify({ image: pad.toDataURL("image/png") });
+    const image = pad.toDataURL("image/png");
+    const body = JSON.stringify(numberMode() ? { image, mode: "number" } : { image });
     predict(body, { "Content-Type": "application/json" }, "canvas", { announce });
   }
 
@@ -541,6 +697,7 @@
     pad.setPointerCapture(event.pointerId);
     current = [padPoint(event)];
     strokes.push(current);
+    padBoxes.replaceChildren(); // the boxes were of the drawing before this stroke
     paint();
   });
 
@@ -588,6 +745,7 @@
 
   function undo() {
     strokes.pop();
+    padBoxes.replaceChildren(); // of the drawing before the undo
     paint();
     if (strokes.length) sendPad({ announce: true });
     else clearPad();
@@ -607,6 +765,7 @@
 
   let previewUrl = null;
   let uploadSequence = 0; // a file chosen while another is being shrunk wins
+  let lastFile = null; // sent again when the mode changes
 
   // The image's width and height as the browser would show it, from its header (an <img>
   // loads without decoding every pixel); null for what the browser cannot read (TIFF).
@@ -660,7 +819,9 @@
   async function sendFile(file) {
     if (!file) return;
     const mine = ++uploadSequence;
+    lastFile = file;
     selectTab(tabs[1], { focus: false });
+    previewBoxes.replaceChildren();
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
     preview.src = previewUrl;
@@ -689,12 +850,14 @@
     }
     const form = new FormData();
     form.append("image", upload, upload.name || file.name || "image");
+    if (numberMode()) form.append("mode", "number");
     predict(form, {}, "upload");
   }
 
   // A browser cannot show every format the server reads (TIFF): hide the broken preview.
   preview.addEventListener("error", () => {
     preview.hidden = true;
+    previewBoxes.replaceChildren();
   });
 
   fileInput.addEventListener("change", () => {
@@ -749,6 +912,79 @@
         selectTab(tabs[(moves[event.key] + tabs.length) % tabs.length]);
       }
     });
+  });
+
+  // ------------------------------------------------------------------ digit or number
+
+  const PAD_WORDS = {
+    digit: {
+      hint: "Draw a digit here",
+      label: "Drawing area. Draw one digit with a mouse, a finger or a pen. The prediction updates as you draw.",
+      help: "Draw one digit, large and centred.",
+    },
+    number: {
+      hint: "Write a number here",
+      label: "Wide drawing area. Write a number, its digits side by side on one line, with a mouse, a finger or a pen. The reading updates as you draw.",
+      help: "Write the digits side by side, apart, on one line.",
+    },
+  };
+
+  // The pad's shape for the mode and the screen. A drawing belongs to its shape: the pad is
+  // reshaped only when it is empty (a phone turned mid-drawing keeps the drawing).
+  function fitPad() {
+    const [width, height] = numberMode() ? (narrowScreen.matches ? NUMBER_PAD_NARROW : NUMBER_PAD) : DIGIT_PAD;
+    if (pad.width !== width || pad.height !== height) {
+      pad.width = width; // resizing a canvas clears it; paint() fills it again
+      pad.height = height;
+    }
+    padWrap.classList.toggle("wide", numberMode());
+    padWrap.style.setProperty("--pad-aspect", String(width / height));
+  }
+
+  function setMode(next) {
+    if (next === mode) return;
+    mode = next;
+    // Answers to requests of the other mode are no longer wanted.
+    if (inflight) inflight.abort();
+    sequence++;
+    resultCard.removeAttribute("aria-busy");
+    const words = PAD_WORDS[mode];
+    padHint.textContent = words.hint;
+    pad.setAttribute("aria-label", words.label);
+    padHelpText.textContent = words.help;
+    strokes.length = 0;
+    current = null;
+    fitPad();
+    paint();
+    const number = numberMode();
+    resultCard.classList.toggle("number-mode", number);
+    layout.classList.toggle("number-mode", number);
+    digitResult.hidden = number;
+    barsTitle.hidden = number;
+    barsList.hidden = number;
+    numberResult.hidden = !number;
+    stripDigit.classList.toggle("wide", number);
+    // Look inside explains one digit: in number mode it gives way to a note saying so.
+    inside.hidden = number;
+    insideNote.hidden = !number;
+    resetResult();
+    announceEl.textContent = number
+      ? "Number mode: write or upload a number; each digit is read."
+      : "Digit mode: draw or upload one digit.";
+    // An uploaded image on screen is read again in the new mode.
+    if (lastFile && !$("panel-upload").hidden) sendFile(lastFile);
+  }
+
+  for (const radio of modeRadios) {
+    radio.addEventListener("change", () => {
+      if (radio.checked) setMode(radio.value);
+    });
+  }
+  narrowScreen.addEventListener("change", () => {
+    if (numberMode() && strokes.length === 0) {
+      fitPad();
+      paint();
+    }
   });
 
   paint();

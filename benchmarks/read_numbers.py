@@ -1,5 +1,8 @@
 """Reading whole numbers: MNIST digits written side by side, read by ``Predictor.read_number``.
 
+(Not ``numbers.py``: run as a script, a file of that name in this folder would hide the
+standard library's ``numbers``, which NumPy and torch import, from every benchmark here.)
+
 Each number is 2 to 8 MNIST digits (the *test* split by default; ``--split validation``
 takes the validation split the training holds out, which is what the segmentation's
 thresholds were tuned on), each at its own size (+-15%) and baseline (+-8% of the height),
@@ -25,7 +28,7 @@ rendered alone the same way and read by the single-digit path (``predict``), are
 right: what a perfect segmentation would reach; "unsure" is the share of readings answered
 "unsure"; "p50" the median time of ``read_number`` from the file's bytes, on one thread.
 
-    python benchmarks/numbers.py [--quick] [--split test|validation] [--per-row 100]
+    python benchmarks/read_numbers.py [--quick] [--split test|validation] [--per-row 100]
         [--seed 0] [--kinds 'photo|pad'] [--model PATH] [--save DIR]
 
 Targets: 4-digit separate numbers >= 95% whole-number accuracy in every kind; 4-digit
@@ -35,34 +38,22 @@ for the 4-digit 1280x400 paper photos. Exits 1 when a target is missed.
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, where this file's name hides
-# the standard library's ``numbers`` (which NumPy imports): import that one first, with the
-# folder out of the way, so that every later ``import numbers`` finds it in sys.modules.
-_HERE = str(Path(__file__).resolve().parent)
-if sys.path and str(Path(sys.path[0] or ".").resolve()) == _HERE:
-    _first = sys.path.pop(0)
-    sys.modules.pop("numbers", None)
-    import numbers  # noqa: F401  (the standard library's, cached for NumPy)
+import cv2
+import numpy as np
+import renders
+import torch
+from PIL import Image, ImageDraw, ImageFont
 
-    sys.path.insert(0, _first)
-
-import argparse  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import renders  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-
-from mnist_cnn.paths import SHIPPED_MODEL  # noqa: E402
-from mnist_cnn.predict import Predictor  # noqa: E402
-from mnist_cnn.preprocess import ImageError  # noqa: E402
+from mnist_cnn.paths import SHIPPED_MODEL
+from mnist_cnn.predict import Predictor
+from mnist_cnn.preprocess import ImageError
 
 Rng = np.random.Generator
 
