@@ -93,6 +93,29 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+@pytest.fixture
+def slots_taken() -> Iterator[FlaskClient]:
+    """A client of an app where every image needs the one large-decode slot (a threshold of
+    0 bytes) and another request holds it: whatever waits for it gets a 503 "busy" after
+    0.2 s. The slot is released at teardown."""
+    from mnist_cnn.web import WebConfig, create_app, state
+
+    app = create_app(
+        WebConfig(
+            model_path=SHIPPED_MODEL,
+            log_predictions=False,
+            large_decode_bytes=0,
+            large_decode_wait_s=0.2,
+        )
+    )
+    slots = state(app).large_decodes
+    assert slots.acquire(timeout=1)
+    try:
+        yield app.test_client()
+    finally:
+        slots.release()
+
+
 class SeedCNN(nn.Module):
     """The seed's network as its own script wrote it: the reference for our MNISTCNN and for
     the seed's checkpoint format."""

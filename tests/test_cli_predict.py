@@ -374,6 +374,7 @@ def test_special_files_are_refused_without_opening(digits: Path, tmp_path: Path)
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names not in UTF-8")
 def test_a_file_name_not_in_utf8(digits: Path, tmp_path: Path) -> None:
     # A Latin-1 "é" (byte 0xE9) is not UTF-8: Python holds the name with a lone surrogate,

@@ -650,6 +650,7 @@ def test_members_stop_when_the_command_is_killed(tmp_path: Path) -> None:
             run.kill()
 
 
+@pytest.mark.slow  # trains two small members
 def test_ensemble_command_combines_trained_models(
     members: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], test_split: data.Split
 ) -> None:

@@ -90,6 +90,7 @@ def test_metadata_travels_in_the_file(exported: export.ExportResult) -> None:
     assert len(meta["source_weights_sha256"]) == 64
 
 
+@pytest.mark.slow  # an ONNX export and its check
 def test_batch_norm_network_exports_exactly(tmp_path: Path, inputs: torch.Tensor) -> None:
     weights = _save(_trained_like(FastCNN(), 1), tmp_path / "fast.pth", "FastCNN")
     result = export.export_onnx(weights, tmp_path / "fast.onnx", inputs=inputs[:64])
@@ -144,6 +145,7 @@ def test_onnx_backend_errors(tmp_path: Path) -> None:
         Predictor.from_checkpoint(garbage, backend="onnx")
 
 
+@pytest.mark.slow  # an ONNX export and its check
 def test_cli_export(weights: Path, tmp_path: Path, capsys) -> None:
     target = tmp_path / "cli.onnx"
     assert main(["export", "--model", str(weights), "--output", str(target)]) == 0

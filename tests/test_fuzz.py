@@ -48,6 +48,7 @@ def _first_of_kind(kind: str, family: str = "paths") -> _fuzz.Case:
     return _fuzz.make_case(SEED, index)
 
 
+@pytest.mark.slow  # a few hundred hostile files through the front end
 def test_a_seeded_slice_of_the_corpus() -> None:
     families = [f for f in _fuzz.FAMILIES if f != "bombs"]  # bombs: the benchmark's
     cases = [c for c in _fuzz.corpus(SEED, SLICE, families) if c.kind not in KNOWN_DECODE_BUGS]

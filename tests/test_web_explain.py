@@ -187,6 +187,7 @@ def test_every_image_form_of_predict_is_taken(
     assert original.shape == (112, 112, 3) and original[0, 0].min() > 200
 
 
+@pytest.mark.slow  # exports the model to ONNX first
 def test_the_onnx_backend_explains_without_feature_maps(
     digits: list[tuple[np.ndarray, int]],
 ) -> None:
@@ -322,28 +323,11 @@ def test_422_for_an_image_without_a_digit_or_over_the_pixel_cap(client: FlaskCli
 
 
 def test_503_when_the_large_decode_slots_are_taken(
-    digits: list[tuple[np.ndarray, int]],
+    slots_taken: FlaskClient, digits: list[tuple[np.ndarray, int]]
 ) -> None:
-    # Every image counts as large here (over 0 bytes to decode): it needs the one slot.
-    app = create_app(
-        WebConfig(
-            model_path=SHIPPED_MODEL,
-            log_predictions=False,
-            large_decode_bytes=0,
-            large_decode_wait_s=0.2,
-        )
-    )
-    client = app.test_client()
-    png = png_bytes(digits[1][0])
-    slots = state(app).large_decodes
-    assert slots.acquire(timeout=1)
-    try:
-        response = explain_file(client, png)
-        assert_error(response, 503, "busy")
-        assert response.headers["Retry-After"]
-    finally:
-        slots.release()
-    assert explain_file(client, png).status_code == 200
+    response = explain_file(slots_taken, png_bytes(digits[1][0]))
+    assert_error(response, 503, "busy")
+    assert response.headers["Retry-After"]
 
 
 # --------------------------------------------------------------------------- large images

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor
-from mnist_cnn.web import MAX_UPLOAD_BYTES, WebConfig, create_app, state
+from mnist_cnn.web import MAX_UPLOAD_BYTES
 
 # The fields of the single-digit answer, in order: number mode must not change them.
 DIGIT_FIELDS = [
@@ -327,27 +327,10 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
 
 
-def test_503_when_the_large_decode_slots_are_taken() -> None:
-    # Every image counts as large here (over 0 bytes to decode): it needs the one slot.
-    app = create_app(
-        WebConfig(
-            model_path=SHIPPED_MODEL,
-            log_predictions=False,
-            large_decode_bytes=0,
-            large_decode_wait_s=0.2,
-        )
-    )
-    client = app.test_client()
-    png = png_bytes(written("42"))
-    slots = state(app).large_decodes
-    assert slots.acquire(timeout=1)
-    try:
-        response = post_file(client, png, mode="number")
-        assert_error(response, 503, "busy")
-        assert response.headers["Retry-After"]
-    finally:
-        slots.release()
-    assert post_file(client, png, mode="number").get_json()["number"] == "42"
+def test_503_when_the_large_decode_slots_are_taken(slots_taken: FlaskClient) -> None:
+    response = post_file(slots_taken, png_bytes(written("42")), mode="number")
+    assert_error(response, 503, "busy")
+    assert response.headers["Retry-After"]
 
 
 # --------------------------------------------------------------------------- the page
