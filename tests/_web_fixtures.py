@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -47,6 +48,55 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-quic",
 ]
+
+
+# The fields of /api/predict's answer for one digit, in order (the explanation and number
+# mode add theirs around the prediction's).
+PREDICTION_FIELDS = [
+    "digit",
+    "confidence",
+    "status",
+    "reason",
+    "probabilities",
+    "top3",
+    "input_28x28",
+    "model",
+    "elapsed_ms",
+]
+
+
+def post_image(
+    client: Any,
+    data: bytes,
+    url: str = "/api/predict",
+    name: str = "digit.png",
+    field: str = "image",
+    **form: str,
+) -> Any:
+    """POST ``data`` to ``url`` of a Flask test client as a file picker sends it
+    (multipart/form-data, the file in ``field``), with the other ``form`` fields."""
+    body: dict[str, Any] = {field: (io.BytesIO(data), name), **form}
+    return client.post(url, data=body, content_type="multipart/form-data")
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    """``response`` is the JSON error ``code`` with HTTP ``status`` and a real message;
+    returns the error."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and len(error["message"]) > 10
+    return error
+
+
+def picture(url: str) -> np.ndarray:
+    """The pixels of a PNG data URL."""
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix), url[:40]
+    with Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :]))) as image:
+        assert image.format == "PNG"
+        return np.asarray(image)
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:

@@ -23,18 +23,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from _imaging import png_chunk
 from _web_fixtures import (
+    PREDICTION_FIELDS,
     as_canvas,
     as_scan,
+    assert_error,
     data_url,
     established_connections,
     multipart,
     png_bytes,
+    post_image,
     running_server,
     sample_digits,
     worker_pids,
@@ -60,21 +62,6 @@ def digits(test_split: Split) -> list[tuple[np.ndarray, int]]:
     """Three MNIST test digits of each class: (uint8 28x28 image, label)."""
     images = np.asarray(test_split.images)
     return [(images[i], label) for i, label in sample_digits(images, test_split.labels, 3)]
-
-
-def post_file(client: FlaskClient, data: bytes, name: str = "digit.png", field: str = "image"):
-    return client.post(
-        "/api/predict", data={field: (io.BytesIO(data), name)}, content_type="multipart/form-data"
-    )
-
-
-def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    error = response.get_json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and len(error["message"]) > 10
-    return error
 
 
 def decode_png_data_url(url: str) -> np.ndarray:
@@ -176,7 +163,7 @@ def test_upload_of_mnist_digits_matches_the_library_and_the_labels(
     correct = 0
     for image, label in digits:
         png = png_bytes(image)
-        response = post_file(client, png)
+        response = post_image(client, png)
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
         expected = shipped_predictor.predict(png)
@@ -193,18 +180,8 @@ def test_prediction_response_shape(
     client: FlaskClient, digits: list[tuple[np.ndarray, int]]
 ) -> None:
     image, label = digits[0]
-    body = post_file(client, png_bytes(image)).get_json()
-    assert list(body) == [
-        "digit",
-        "confidence",
-        "status",
-        "reason",
-        "probabilities",
-        "top3",
-        "input_28x28",
-        "model",
-        "elapsed_ms",
-    ]
+    body = post_image(client, png_bytes(image)).get_json()
+    assert list(body) == PREDICTION_FIELDS
     assert body["digit"] == label
     # A clear MNIST test digit: the model is sure, and says so.
     assert body["status"] == "ok" and body["reason"] is None
@@ -257,7 +234,7 @@ def test_canvas_data_url(
 def test_scanned_jpeg_upload(client: FlaskClient, digits: list[tuple[np.ndarray, int]]) -> None:
     sample = digits[1::3]
     correct = sum(
-        post_file(client, as_scan(image), name="scan.jpg").get_json()["digit"] == label
+        post_image(client, as_scan(image), name="scan.jpg").get_json()["digit"] == label
         for image, label in sample
     )
     assert correct >= len(sample) - 1, f"{correct}/{len(sample)}"
@@ -289,7 +266,7 @@ def test_each_prediction_is_logged_on_one_line(
 ) -> None:
     image, _ = digits[7]
     with caplog.at_level(logging.INFO, logger="mnist_cnn.web"):
-        body = post_file(client, png_bytes(image)).get_json()
+        body = post_image(client, png_bytes(image)).get_json()
         client.get("/api/health")
     lines = [r.getMessage() for r in caplog.records if r.name == "mnist_cnn.web"]
     assert len(lines) == 1 and "\n" not in lines[0]
@@ -320,7 +297,7 @@ def test_not_sure_is_an_answer_with_its_reason(
     )
     image, label = digits[4]
     with caplog.at_level(logging.INFO, logger="mnist_cnn.web"):
-        response = post_file(client, png_bytes(image))
+        response = post_image(client, png_bytes(image))
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     assert body["status"] == "unsure"
@@ -340,9 +317,9 @@ def test_not_sure_is_an_answer_with_its_reason(
 
 def test_400_for_requests_without_a_readable_image(client: FlaskClient) -> None:
     assert_error(client.post("/api/predict"), 400, "missing_image")
-    other_field = post_file(client, b"\x89PNG...", field="file")
+    other_field = post_image(client, b"\x89PNG...", field="file")
     assert_error(other_field, 400, "missing_image")
-    assert_error(post_file(client, b""), 400, "empty_image")
+    assert_error(post_image(client, b""), 400, "empty_image")
     assert_error(
         client.post("/api/predict", data="{not json", content_type="application/json"),
         400,
@@ -390,7 +367,7 @@ def test_400_for_requests_without_a_readable_image(client: FlaskClient) -> None:
 
 def test_413_for_a_body_over_the_limit(client: FlaskClient) -> None:
     too_big = b"\0" * (MAX_UPLOAD_BYTES + 1)
-    error = assert_error(post_file(client, too_big), 413, "too_large")
+    error = assert_error(post_image(client, too_big), 413, "too_large")
     assert "10 MB" in error["message"]
     assert_error(
         client.post("/api/predict", data=too_big, content_type="image/png"), 413, "too_large"
@@ -407,10 +384,10 @@ def test_415_for_what_is_not_a_supported_image(
     client: FlaskClient, digits: list[tuple[np.ndarray, int]]
 ) -> None:
     assert_error(
-        post_file(client, b"just some notes\n", name="notes.txt"), 415, "unsupported_image"
+        post_image(client, b"just some notes\n", name="notes.txt"), 415, "unsupported_image"
     )
     png = png_bytes(digits[0][0])
-    assert_error(post_file(client, png[: len(png) // 2]), 415, "unsupported_image")  # truncated
+    assert_error(post_image(client, png[: len(png) // 2]), 415, "unsupported_image")  # truncated
     assert_error(
         client.post("/api/predict", json={"image": data_url(b"%PDF-1.4 not an image")}),
         415,
@@ -436,10 +413,10 @@ def test_422_for_an_image_without_a_digit_or_over_the_pixel_cap(client: FlaskCli
     )
     assert "digit" in error["message"]
     white = png_bytes(np.full((64, 64), 255, dtype=np.uint8))
-    assert_error(post_file(client, white), 422, "no_digit")
+    assert_error(post_image(client, white), 422, "no_digit")
     # 60,000 x 60,000 pixels claimed by a 50-byte file: refused from the header.
-    assert_error(post_file(client, _png_header_only(60_000, 60_000)), 422, "image_too_large")
-    assert_error(post_file(client, _png_header_only(8_000, 6_000)), 422, "image_too_large")
+    assert_error(post_image(client, _png_header_only(60_000, 60_000)), 422, "image_too_large")
+    assert_error(post_image(client, _png_header_only(8_000, 6_000)), 422, "image_too_large")
 
 
 def test_garbage_never_gets_a_500(
@@ -456,7 +433,7 @@ def test_garbage_never_gets_a_500(
     bodies += [b"GIF89a" + rng.bytes(100), b"BM" + rng.bytes(100), b"\xff\xd8\xff" + rng.bytes(200)]
     for body in bodies:
         for response in (
-            post_file(client, body),
+            post_image(client, body),
             client.post("/api/predict", json={"image": data_url(body)}),
         ):
             # Damaged data may still decode to some picture (a 200); it is never a 500.
@@ -481,11 +458,11 @@ def test_500_is_json_logged_and_the_app_keeps_serving(
 
     monkeypatch.setattr(predictor, "predict", broken)
     with caplog.at_level(logging.ERROR, logger="mnist_cnn.web"):
-        error = assert_error(post_file(client, png_bytes(digits[0][0])), 500, "internal_error")
+        error = assert_error(post_image(client, png_bytes(digits[0][0])), 500, "internal_error")
     assert "secret" not in error["message"]  # internals stay in the log...
     assert any("secret internal detail" in (r.exc_text or "") or r.exc_info for r in caplog.records)
     monkeypatch.undo()
-    assert post_file(client, png_bytes(digits[0][0])).status_code == 200  # ...and the app is fine
+    assert post_image(client, png_bytes(digits[0][0])).status_code == 200  # ...and the app is fine
 
 
 # --------------------------------------------------------------------------- the model, once
@@ -502,7 +479,7 @@ def test_the_model_is_loaded_once_per_process(
 
     monkeypatch.setattr(Predictor, "from_checkpoint", no_loading)
     for image, _ in digits[:3]:
-        assert post_file(client, png_bytes(image)).status_code == 200
+        assert post_image(client, png_bytes(image)).status_code == 200
     second = create_app(WebConfig(model_path=SHIPPED_MODEL))
     assert state(second).predictor is state(app).predictor
 
@@ -515,8 +492,8 @@ def test_the_onnx_backend_serves_the_same_answers(
     assert onnx.get("/api/model").get_json()["backend"] == "onnx"
     for image, _ in digits[::6]:
         png = png_bytes(image)
-        expected = post_file(client, png).get_json()
-        answer = post_file(onnx, png).get_json()
+        expected = post_image(client, png).get_json()
+        answer = post_image(onnx, png).get_json()
         assert answer["digit"] == expected["digit"]
         assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
         assert answer["model"]["backend"] == "onnx"
@@ -531,8 +508,8 @@ def test_a_smaller_upload_limit_applies(digits: list[tuple[np.ndarray, int]]) ->
     small = create_app(WebConfig(model_path=SHIPPED_MODEL, max_upload_bytes=2000)).test_client()
     png = png_bytes(digits[0][0])
     assert len(png) < 1500
-    assert post_file(small, png).status_code == 200
-    error = assert_error(post_file(small, png + b"\0" * 2000), 413, "too_large")
+    assert post_image(small, png).status_code == 200
+    error = assert_error(post_image(small, png + b"\0" * 2000), 413, "too_large")
     assert "1.95 kB" in error["message"]
 
 

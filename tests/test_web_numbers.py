@@ -9,7 +9,6 @@ single-digit mode, an unknown mode is a 400, and the default mode's answer is un
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
@@ -21,7 +20,14 @@ import cv2
 import numpy as np
 import pytest
 from _imaging import png_chunk
-from _web_fixtures import data_url, png_bytes
+from _web_fixtures import (
+    PREDICTION_FIELDS,
+    assert_error,
+    data_url,
+    picture,
+    png_bytes,
+    post_image,
+)
 from flask.testing import FlaskClient
 from PIL import Image, ImageDraw
 
@@ -29,18 +35,8 @@ from mnist_cnn.paths import SHIPPED_MODEL
 from mnist_cnn.predict import Predictor
 from mnist_cnn.web import MAX_UPLOAD_BYTES
 
-# The fields of the single-digit answer, in order: number mode must not change them.
-DIGIT_FIELDS = [
-    "digit",
-    "confidence",
-    "status",
-    "reason",
-    "probabilities",
-    "top3",
-    "input_28x28",
-    "model",
-    "elapsed_ms",
-]
+# The fields of the number-mode answer, and of each of its digits, in order (the single-digit
+# answer, PREDICTION_FIELDS, must not change in number mode).
 NUMBER_FIELDS = [
     "mode",
     "number",
@@ -93,28 +89,6 @@ def drawn(strokes: list[list[tuple[float, float]]], size: tuple[int, int] = (840
     return png_bytes(canvas)
 
 
-def post_file(client: FlaskClient, data: bytes, url: str = "/api/predict", **fields: str) -> Any:
-    form: dict[str, Any] = {"image": (io.BytesIO(data), "number.png"), **fields}
-    return client.post(url, data=form, content_type="multipart/form-data")
-
-
-def picture(url: str) -> np.ndarray:
-    prefix = "data:image/png;base64,"
-    assert url.startswith(prefix), url[:40]
-    with Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :]))) as image:
-        assert image.format == "PNG"
-        return np.asarray(image)
-
-
-def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    error = response.get_json()["error"]
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and len(error["message"]) > 10
-    return error
-
-
 def check_reading(body: dict[str, Any], ink: np.ndarray, expected: str) -> None:
     """``body`` reads ``expected``, and each digit's box holds its ink: the boxes run left to
     right without overlapping, and together cover nearly all the ink of ``ink`` (True where
@@ -154,7 +128,7 @@ def test_a_written_number_is_read_in_every_way_the_mode_is_sent(
     image = written(text)
     png = png_bytes(image)
     answers = [
-        post_file(client, png, mode="number"),
+        post_image(client, png, mode="number"),
         client.post("/api/predict", json={"image": data_url(png), "mode": "number"}),
         client.post("/api/predict?mode=number", data=png, content_type="image/png"),
         client.post("/api/predict?mode=number", json={"image": data_url(png)}),
@@ -183,7 +157,7 @@ def test_a_number_drawn_on_the_wide_pad_is_read(client: FlaskClient) -> None:
     check_reading(response.get_json(), ink, "42")
     # The same drawing in digit mode is one answer, as it always was, and not a 42.
     digit = client.post("/api/predict", json={"image": data_url(png)}).get_json()
-    assert list(digit) == DIGIT_FIELDS
+    assert list(digit) == PREDICTION_FIELDS
     assert digit["status"] == "unsure" and digit["reason"]["code"] == "several_marks"
 
 
@@ -192,7 +166,7 @@ def test_a_single_digit_in_number_mode_is_a_one_digit_number(
 ) -> None:
     image = written("7")
     png = png_bytes(image)
-    response = post_file(client, png, mode="number")
+    response = post_image(client, png, mode="number")
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     check_reading(body, image < 128, "7")
@@ -224,14 +198,14 @@ def test_boxes_are_in_the_upright_image_of_an_exif_rotated_photo(client: FlaskCl
 def test_the_default_mode_answers_as_before(client: FlaskClient) -> None:
     png = png_bytes(written("3"))
     plain = client.post("/api/predict", data=png, content_type="image/png").get_json()
-    assert list(plain) == DIGIT_FIELDS and plain["digit"] == 3
+    assert list(plain) == PREDICTION_FIELDS and plain["digit"] == 3
     for response in (
-        post_file(client, png, mode="digit"),
+        post_image(client, png, mode="digit"),
         client.post("/api/predict", json={"image": data_url(png), "mode": "digit"}),
         client.post("/api/predict?mode=digit", data=png, content_type="image/png"),
     ):
         body = response.get_json()
-        assert list(body) == DIGIT_FIELDS
+        assert list(body) == PREDICTION_FIELDS
         assert {k: v for k, v in body.items() if k != "elapsed_ms"} == {
             k: v for k, v in plain.items() if k != "elapsed_ms"
         }
@@ -241,7 +215,7 @@ def test_each_reading_is_logged_on_one_line(
     client: FlaskClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="mnist_cnn.web")
-    post_file(client, png_bytes(written("2026")), mode="number")
+    post_image(client, png_bytes(written("2026")), mode="number")
     lines = [r.getMessage() for r in caplog.records if r.name == "mnist_cnn.web"]
     assert len(lines) == 1, lines
     assert lines[0].startswith("number number=2026 confidence=0.")
@@ -266,7 +240,7 @@ def test_400_for_an_unknown_or_conflicting_mode(client: FlaskClient) -> None:
     assert_error(
         client.post("/api/predict", json={"image": data_url(png), "mode": 2}), 400, "bad_mode"
     )
-    assert_error(post_file(client, png, mode=""), 400, "bad_mode")
+    assert_error(post_image(client, png, mode=""), 400, "bad_mode")
     error = assert_error(
         client.post("/api/predict?mode=digit", json={"image": data_url(png), "mode": "number"}),
         400,
@@ -287,7 +261,7 @@ def test_400_for_an_unknown_or_conflicting_mode(client: FlaskClient) -> None:
 def test_the_image_errors_are_those_of_digit_mode(client: FlaskClient) -> None:
     assert_error(client.post("/api/predict?mode=number"), 400, "missing_image")
     assert_error(client.post("/api/predict", json={"mode": "number"}), 400, "missing_image")
-    assert_error(post_file(client, b"", mode="number"), 400, "empty_image")
+    assert_error(post_image(client, b"", mode="number"), 400, "empty_image")
     assert_error(
         client.post("/api/predict?mode=number", data="{nope", content_type="application/json"),
         400,
@@ -298,14 +272,16 @@ def test_the_image_errors_are_those_of_digit_mode(client: FlaskClient) -> None:
         400,
         "bad_base64",
     )
-    assert_error(post_file(client, b"\0" * (MAX_UPLOAD_BYTES + 1), mode="number"), 413, "too_large")
+    assert_error(
+        post_image(client, b"\0" * (MAX_UPLOAD_BYTES + 1), mode="number"), 413, "too_large"
+    )
     huge = json.dumps(
         {"image": "data:image/png;base64," + "A" * MAX_UPLOAD_BYTES, "mode": "number"}
     )
     assert_error(
         client.post("/api/predict", data=huge, content_type="application/json"), 413, "too_large"
     )
-    assert_error(post_file(client, b"just some notes\n", mode="number"), 415, "unsupported_image")
+    assert_error(post_image(client, b"just some notes\n", mode="number"), 415, "unsupported_image")
     assert_error(
         client.post("/api/predict?mode=number", data=b"hi", content_type="text/plain"),
         415,
@@ -318,7 +294,7 @@ def test_the_image_errors_are_those_of_digit_mode(client: FlaskClient) -> None:
         "no_digit",
     )
     header_only = _png_header_only(60_000, 60_000)
-    assert_error(post_file(client, header_only, mode="number"), 422, "image_too_large")
+    assert_error(post_image(client, header_only, mode="number"), 422, "image_too_large")
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -328,7 +304,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def test_503_when_the_large_decode_slots_are_taken(slots_taken: FlaskClient) -> None:
-    response = post_file(slots_taken, png_bytes(written("42")), mode="number")
+    response = post_image(slots_taken, png_bytes(written("42")), mode="number")
     assert_error(response, 503, "busy")
     assert response.headers["Retry-After"]
 

@@ -470,6 +470,14 @@ def _open_path(path: str | os.PathLike) -> io.BufferedReader:
         raise
 
 
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the file at ``path``, refused unopened when it is not a regular file (a
+    directory, FIFO, device or socket), as ``decode`` refuses it: for a caller that needs
+    the bytes more than once. Raises ``UnsupportedImageError`` and ``OSError``."""
+    with _open_path(path) as f:
+        return f.read()
+
+
 def estimate_decode_bytes(
     source: bytes, max_pixels: int = MAX_PIXELS, max_side: int | None = None
 ) -> int:

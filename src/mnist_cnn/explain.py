@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from mnist_cnn.data import normalise
-from mnist_cnn.decode import estimate_decode_bytes, preview
+from mnist_cnn.decode import estimate_decode_bytes, preview, read_file
 from mnist_cnn.model import INPUT_SIZE, Ensemble, ShiftTTA
 from mnist_cnn.predict import Prediction, Predictor
 from mnist_cnn.preprocess import STAGES, ImageSource
@@ -107,14 +106,10 @@ def saliency_meaning(digit: int) -> str:
 def _picture(image: ImageSource, max_pixels: int, gray: np.ndarray) -> np.ndarray:
     """The image as given, in colour, unless decoding it again would take more than
     ``PREVIEW_MAX_DECODE_BYTES``: then ``gray``, the working copy the answer came from."""
-    data = image
-    if isinstance(image, (str, os.PathLike)):
-        data = Path(image).read_bytes()  # a regular file: decoding it has just succeeded
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        need = estimate_decode_bytes(bytes(data), max_pixels, max_side=PREVIEW_SIDE)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        need = estimate_decode_bytes(bytes(image), max_pixels, max_side=PREVIEW_SIDE)
         if need > PREVIEW_MAX_DECODE_BYTES:
             return np.repeat(to_uint8(gray)[:, :, None], 3, axis=2)
-        return preview(bytes(data), max_pixels, PREVIEW_SIDE)
     return preview(image, max_pixels, PREVIEW_SIDE)
 
 
@@ -125,6 +120,8 @@ def explain(predictor: Predictor, image: ImageSource) -> Explanation:
     with ONNX Runtime they are left out and the rest is the same. Raises the
     ``ImageError`` subclasses as ``predict`` does.
     """
+    if isinstance(image, (str, os.PathLike)):
+        image = read_file(image)  # read once: for the answer, then for the picture
     stages: dict[str, np.ndarray] = {}
     located = predictor.locate(image, stages)
     prediction = predictor.predict_located([located])[0]

@@ -98,7 +98,7 @@ from mnist_cnn.explain import (
     to_uint8,
 )
 from mnist_cnn.locate import WORK_SIDE
-from mnist_cnn.predict import NumberReading
+from mnist_cnn.predict import NumberReading, Unsure
 from mnist_cnn.segment import NUMBER_WORK_SIDE
 from mnist_cnn.web import STEP_ASIDE, AppState, state
 from mnist_cnn.web.errors import ApiError
@@ -329,6 +329,17 @@ def number_body(reading: NumberReading) -> dict[str, Any]:
     return body
 
 
+def _finish(body: dict[str, Any], app: AppState, started: float) -> None:
+    """The fields every answer ends with: the model's summary and the time it took."""
+    body["model"] = app.model_summary
+    body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
+
+
+def _logged_status(status: str, reason: Unsure | None) -> str:
+    """A status as the log lines write it: "ok", or "unsure reason=ambiguous" (grep-able)."""
+    return status if reason is None else f"{status} reason={reason.code}"
+
+
 def read_number(app: AppState, data: bytes, source: str, started: float) -> dict[str, Any]:
     """``/api/predict`` in number mode: the whole number in ``data``, digit by digit."""
     step_aside = request.environ.get(STEP_ASIDE, contextlib.nullcontext)
@@ -337,12 +348,9 @@ def read_number(app: AppState, data: bytes, source: str, started: float) -> dict
         reading = app.predictor.read_number(data)
     body = number_body(reading)
     body["image"] = image_size(data)
-    body["model"] = app.model_summary
-    body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    _finish(body, app, started)
     if app.config.log_predictions:
-        status = reading.status
-        if reading.reason is not None:
-            status += f" reason={reading.reason.code}"
+        status = _logged_status(reading.status, reading.reason)
         digits = ",".join(
             f"{d.prediction.digit}:{d.prediction.confidence:.4f}" for d in reading.digits
         )
@@ -376,14 +384,11 @@ def predict() -> dict[str, Any]:
         prediction = app.predictor.predict(data)
     body = prediction.to_dict()
     body["input_28x28"] = png_data_url(prediction.model_input)
-    body["model"] = app.model_summary
-    body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    _finish(body, app, started)
     if app.config.log_predictions:
         top3 = ",".join(f"{d}:{p:.4f}" for d, p in prediction.top3)
         # "status=unsure reason=ambiguous": grep-able, and one line per prediction as before.
-        status = prediction.status
-        if prediction.reason is not None:
-            status += f" reason={prediction.reason.code}"
+        status = _logged_status(prediction.status, prediction.reason)
         log.info(
             "prediction digit=%d confidence=%.4f status=%s top3=%s elapsed_ms=%.1f source=%s "
             "model=%s",
@@ -475,12 +480,9 @@ def explain_image() -> dict[str, Any]:
     body = prediction.to_dict()
     body["input_28x28"] = png_data_url(prediction.model_input)
     body.update(explanation_body(explanation))
-    body["model"] = app.model_summary
-    body["elapsed_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    _finish(body, app, started)
     if app.config.log_predictions:
-        status = prediction.status
-        if prediction.reason is not None:
-            status += f" reason={prediction.reason.code}"
+        status = _logged_status(prediction.status, prediction.reason)
         # "explanation", not "prediction": counts of predictions in the logs stay what they were.
         log.info(
             "explanation digit=%d confidence=%.4f status=%s elapsed_ms=%.1f source=%s model=%s",
